@@ -1,0 +1,31 @@
+# Quick start: `make run` (default experiment) and `make test` (test suite) on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# The PyTorch build to install; override for another platform, e.g. TORCH="torch torchvision".
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+DATA_DIR ?= $(abspath ../shared/datasets)
+ARGS ?=
+export DATA_DIR
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m experiments.train experiments/configs/fmnist_vs_mnist.yaml $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf outputs wandb lightning_logs .pytest_cache

@@ -1,0 +1,137 @@
+"""The score registry: every way of saying how outlying an input is (higher = more outlying).
+
+Two kinds of score:
+- batch scores are functions of one batch and the model (likelihood baselines, hole_posterior);
+- reference scores need the whole set of training-inlier latents (hole_knn), so the callback
+  computes them after gathering every latent.
+Scores that share work (one encoding, one set of K posterior samples) share it through
+`ScoreContext`, which caches per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from callbacks.knn import hole_knn_score
+from lightning_modules import BaseVAE, Encoding
+from lightning_modules.base import ImportanceSamples
+
+
+@dataclass
+class ScoreContext:
+    """One batch being scored, with the model outputs that several scores share."""
+
+    model: BaseVAE
+    x: Tensor
+    settings: Any  # the `scores` config block
+    seeds: Optional[Tensor] = None  # one sampling seed per input (see BaseVAE.sample_posterior)
+    _encoding: Optional[Encoding] = None
+    _samples: dict[int, ImportanceSamples] = field(default_factory=dict)
+
+    @property
+    def encoding(self) -> Encoding:
+        if self._encoding is None:
+            self._encoding = self.model.encode(self.x)
+        return self._encoding
+
+    def samples(self, count: int) -> ImportanceSamples:
+        if count not in self._samples:
+            self._samples[count] = self.model.importance_samples(self.x, count, self.encoding, self.seeds)
+        return self._samples[count]
+
+
+def neg_elbo(ctx: ScoreContext) -> Tensor:
+    """-(E_q[log p(x|z)] - KL(q || p)), the expectation averaged over the IWAE samples."""
+    samples = ctx.samples(ctx.settings.iwae_samples)
+    kl = torch.distributions.kl_divergence(ctx.encoding.posterior, ctx.model.prior(ctx.x))
+    return kl - samples.log_likelihood.mean(dim=0)
+
+
+def iwae_nll(ctx: ScoreContext) -> Tensor:
+    """-log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x): a tighter likelihood bound than the ELBO."""
+    samples = ctx.samples(ctx.settings.iwae_samples)
+    log_weights = samples.log_likelihood + samples.log_prior - samples.log_posterior
+    return math.log(log_weights.shape[0]) - torch.logsumexp(log_weights, dim=0)
+
+
+def recon(ctx: ScoreContext) -> Tensor:
+    """Squared error between x and the expected image decoded from the posterior location."""
+    return (ctx.model.reconstruct(ctx.encoding) - ctx.x).square().flatten(1).sum(dim=1)
+
+
+def latent_norm(ctx: ScoreContext) -> Tensor:
+    """Distance of the encoding from the latent centre (a baseline: outliers are not just far)."""
+    return ctx.model.distance_from_centre(ctx.encoding)
+
+
+def hole_posterior(ctx: ScoreContext) -> Tensor:
+    """Variance over K posterior samples of log p(x | z_k) (this project's definition).
+
+    Inside a vacant hole the decoder never saw training data, so nearby latents decode to very
+    different images and the likelihood of x swings from sample to sample.
+    """
+    samples = ctx.samples(ctx.settings.posterior_samples)
+    return samples.log_likelihood.var(dim=0)
+
+
+BATCH_SCORES: dict[str, Callable[[ScoreContext], Tensor]] = {
+    "neg_elbo": neg_elbo,
+    "iwae_nll": iwae_nll,
+    "recon": recon,
+    "latent_norm": latent_norm,
+    "hole_posterior": hole_posterior,
+}
+
+
+@dataclass
+class ReferenceLatents:
+    """Training-inlier latents that define where the occupied (non-hole) regions are."""
+
+    latents: Tensor
+    metric: str
+    kth_distances: Optional[Tensor] = None
+
+
+def hole_knn(queries: Tensor, reference: ReferenceLatents, settings: Any) -> Tensor:
+    """k-th-neighbour distance relative to the neighbours' own (this project's definition)."""
+    return hole_knn_score(
+        queries,
+        reference.latents,
+        k=settings.knn_k,
+        metric=reference.metric,
+        chunk_size=settings.knn_chunk_size,
+        reference_kth=reference.kth_distances,
+    )
+
+
+REFERENCE_SCORES: dict[str, Callable[[Tensor, ReferenceLatents, Any], Tensor]] = {
+    "hole_knn": hole_knn,
+}
+
+
+def available_scores() -> list[str]:
+    return [*BATCH_SCORES, *REFERENCE_SCORES]
+
+
+@torch.no_grad()
+def score_batch(
+    model: BaseVAE, x: Tensor, names: list[str], settings: Any, seeds: Optional[Tensor] = None
+) -> tuple[dict[str, Tensor], Encoding]:
+    """All requested batch scores for one batch, plus the encoding (for latents and bounds)."""
+    ctx = ScoreContext(model, x, settings, seeds)
+    scores = {name: BATCH_SCORES[name](ctx).detach() for name in names if name in BATCH_SCORES}
+    return scores, ctx.encoding
+
+
+def sample_seeds(indices: Tensor, run_seed: int) -> Tensor:
+    """Per-input sampling seeds from the sample's index and the run seed.
+
+    Using the index (not the dataset) gives common random numbers across datasets: the i-th
+    inlier and the i-th outlier see the same noise, which lowers the variance of comparisons.
+    """
+    return indices.long().cpu() + int(run_seed) * 1_000_003

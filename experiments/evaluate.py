@@ -1,0 +1,64 @@
+"""Score outlier sets with a trained checkpoint.
+
+    python -m experiments.evaluate ckpt=PATH [data.outliers=[mnist,hflip,/path/to/idx_dir]] [key=value ...]
+
+`data`, `scores`, `trainer` and `logger` default to the values the checkpoint was trained with;
+the outputs (results.json, scores.npz) go to out_dir, by default RUN_DIR/evaluate/<time>.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.cli import run_cli
+from experiments.config import ConfigError, EvaluateConfig, load_config, split_cli_args, validate_common, validate_scores
+
+
+def stored_defaults(run_config: dict) -> dict:
+    """The parts of the training config that evaluation inherits."""
+    keys = ("data", "scores", "trainer", "logger", "seed")
+    return {key: run_config[key] for key in keys if key in run_config}
+
+
+def load_evaluate_config(arguments: Sequence[str], run_config: dict) -> DictConfig:
+    from callbacks.scores import available_scores
+
+    config_path, overrides = split_cli_args(arguments)
+    base = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), stored_defaults(run_config))
+    config = load_config(base, config_path, overrides)
+    validate_common(config)
+    validate_scores(config, available_scores())
+    return config
+
+
+def checkpoint_argument(arguments: Sequence[str]) -> Path:
+    _, overrides = split_cli_args(arguments)
+    values = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0] == "ckpt"]
+    if not values:
+        raise ConfigError("Missing the checkpoint: pass ckpt=PATH (a .ckpt file under OUT_DIR/checkpoints/).")
+    return Path(values[-1])
+
+
+def main(arguments: Sequence[str]) -> None:
+    from experiments.runner import default_eval_dir, evaluate
+    from lightning_modules import load_model
+
+    checkpoint = checkpoint_argument(arguments)
+    model = load_model(checkpoint)
+    config = load_evaluate_config(arguments, model.hparams.get("run_config") or {})
+    if config.out_dir is None:
+        config.out_dir = str(default_eval_dir(checkpoint))
+    out_dir, _ = evaluate(config, model)
+    print(f"Results written to {out_dir / 'results.json'}")
+
+
+def entry_point() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry_point()

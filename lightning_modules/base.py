@@ -1,0 +1,296 @@
+"""The LightningModule every VAE variant shares.
+
+A variant is two choices: the latent space (R^d or the Alexandroff sphere S^d) and whether the
+encoder's mean map has a fixed Lipschitz constant. Everything else — ELBO, importance-weighted
+bound, optimisation, certificates — is written once here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, kl_divergence
+
+from lightning_modules.latent_spaces import EuclideanLatent, LatentSpace, SphereLatent
+from lightning_modules.likelihoods import LIKELIHOODS, log_likelihood, mean_image
+from lightning_modules.lipschitz import certified_lipschitz, refresh_norms
+from lightning_modules.networks import ACTIVATIONS, Decoder, Encoder
+
+
+@dataclass
+class Encoding:
+    """What the encoder says about a batch."""
+
+    posterior: Distribution
+    mean: Tensor  # raw mean output: the L-Lipschitz map (u before projection on the sphere)
+    scale: Tensor  # raw spread output (log-variance or concentration head)
+    location: Tensor  # the point in latent space (s(u) on the sphere)
+
+
+@dataclass
+class ImportanceSamples:
+    """K posterior samples per input and the log-densities that every sampling score needs."""
+
+    log_likelihood: Tensor  # [K, B] log p(x | z_k)
+    log_prior: Tensor  # [K, B] log p(z_k)
+    log_posterior: Tensor  # [K, B] log q(z_k | x)
+
+
+def validate_model_config(model: dict[str, Any], variant_is_lipschitz: bool) -> None:
+    """Reject impossible model settings before any data is loaded or any training starts."""
+    problems = []
+    for key, minimum in (("latent_dim", 1), ("power_iterations", 1), ("certify_iterations", 1)):
+        if model[key] < minimum:
+            problems.append(f"model.{key}={model[key]} must be >= {minimum}")
+    for key in ("width", "hidden_dim"):
+        if model[key] < 2 or model[key] % 2:
+            problems.append(f"model.{key}={model[key]} must be an even number >= 2 (MaxMin pairs)")
+    if model["activation"] not in ACTIVATIONS:
+        problems.append(f"model.activation={model['activation']!r} is not one of {list(ACTIVATIONS)}")
+    if model["likelihood"] not in LIKELIHOODS:
+        problems.append(f"model.likelihood={model['likelihood']!r} is not one of {list(LIKELIHOODS)}")
+    if not model["kappa_floor"] > 0:
+        problems.append(f"model.kappa_floor={model['kappa_floor']} must be > 0")
+    lipschitz = model["lipschitz"]
+    if variant_is_lipschitz:
+        if lipschitz is None or not (lipschitz > 0 and math.isfinite(lipschitz)):
+            problems.append(
+                f"model.lipschitz={lipschitz} must be a positive finite number for the "
+                f"variant {model['variant']!r}"
+            )
+    elif lipschitz is not None:
+        problems.append(
+            f"model.lipschitz={lipschitz} is set but the variant {model['variant']!r} has no "
+            f"Lipschitz encoder: use model.variant=lipschitz or alexandroff_lipschitz, or "
+            f"model.lipschitz=null"
+        )
+    if problems:
+        raise ValueError("Invalid model config: " + "; ".join(problems) + ".")
+
+
+class BaseVAE(pl.LightningModule):
+    """VAE with a configurable latent space and an optionally Lipschitz encoder."""
+
+    variant: ClassVar[str]
+    latent_kind: ClassVar[str]  # "euclidean" or "sphere"
+    lipschitz_encoder: ClassVar[bool]
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        image_shape: tuple[int, int, int],
+        max_epochs: int = 1,
+        run_config: Optional[dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        validate_model_config(model, self.lipschitz_encoder)
+        self.save_hyperparameters()
+        self.image_shape = tuple(image_shape)
+        self.likelihood = model["likelihood"]
+        self.latent: LatentSpace = (
+            SphereLatent(model["latent_dim"], model["kappa_floor"])
+            if self.latent_kind == "sphere"
+            else EuclideanLatent(model["latent_dim"])
+        )
+        self.encoder = Encoder(
+            self.image_shape,
+            width=model["width"],
+            hidden_dim=model["hidden_dim"],
+            mean_dim=self.latent.mean_dim,
+            scale_dim=self.latent.scale_dim,
+            activation=model["activation"],
+            lipschitz=model["lipschitz"] if self.lipschitz_encoder else None,
+            power_iterations=model["power_iterations"],
+        )
+        self.decoder = Decoder(
+            self.image_shape,
+            width=model["width"],
+            hidden_dim=model["hidden_dim"],
+            latent_dim=self.latent.ambient_dim,
+            activation=model["activation"],
+        )
+
+    # ----------------------------------------------------------------- model contract
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"The model expects images of shape [batch, {', '.join(map(str, self.image_shape))}] "
+                f"but got {list(x.shape)}. Use data with the training shape, or set data.image_size "
+                f"/ data.channels to convert it."
+            )
+
+    def encode(self, x: Tensor) -> Encoding:
+        self.check_input(x)
+        mean, scale = self.encoder(x)
+        if not (torch.isfinite(mean).all() and torch.isfinite(scale).all()):
+            raise FloatingPointError(self._divergence_message("the encoder output has NaN or inf values"))
+        return Encoding(self.latent.posterior(mean, scale), mean, scale, self.latent.location(mean))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel logits for latent points z of shape [..., ambient_dim]."""
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> Encoding:
+        return self.encode(x)
+
+    def prior(self, reference: Tensor) -> Distribution:
+        return self.latent.prior(reference)
+
+    def elbo_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One-sample reconstruction log-likelihood and analytic KL, per sample."""
+        encoding = self.encode(x)
+        z = encoding.posterior.rsample()
+        log_lik = log_likelihood(self.decode(z), x, self.likelihood)
+        kl = kl_divergence(encoding.posterior, self.prior(z))
+        return log_lik, kl
+
+    def elbo(self, x: Tensor) -> Tensor:
+        log_lik, kl = self.elbo_terms(x)
+        return log_lik - kl
+
+    def sample_posterior(self, encoding: Encoding, samples: int, seeds: Optional[Tensor] = None) -> Tensor:
+        """K posterior draws per input: [K, B, ambient_dim].
+
+        With `seeds` (one per input) each input's draws come from its own seeded stream, so a
+        sampling score of an input does not depend on which batch or process it landed in —
+        what makes multi-process evaluation equal single-process evaluation.
+        """
+        if seeds is None:
+            return encoding.posterior.rsample((samples,))
+        device = encoding.mean.device
+        draws = []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for row, seed in enumerate(seeds.tolist()):
+                torch.manual_seed(seed)
+                single = self.latent.posterior(encoding.mean[row : row + 1], encoding.scale[row : row + 1])
+                draws.append(single.rsample((samples,)))
+        return torch.cat(draws, dim=1)
+
+    def importance_samples(
+        self, x: Tensor, samples: int, encoding: Optional[Encoding] = None, seeds: Optional[Tensor] = None
+    ) -> ImportanceSamples:
+        encoding = encoding if encoding is not None else self.encode(x)
+        z = self.sample_posterior(encoding, samples, seeds)
+        return ImportanceSamples(
+            log_likelihood=log_likelihood(self.decode(z), x, self.likelihood),
+            log_prior=self.prior(z).log_prob(z),
+            log_posterior=encoding.posterior.log_prob(z),
+        )
+
+    def reconstruct(self, encoding: Encoding) -> Tensor:
+        """Expected image decoded from the posterior's location (its mean / mode)."""
+        return mean_image(self.decode(encoding.location), self.likelihood)
+
+    def distance_from_centre(self, encoding: Encoding) -> Tensor:
+        return self.latent.distance_from_centre(encoding.mean)
+
+    @property
+    def latent_metric(self) -> str:
+        return self.latent.metric
+
+    # ----------------------------------------------------------------- certificates
+    @torch.no_grad()
+    def refresh_certificate(self) -> None:
+        """Converge the encoder's per-layer norm estimates before evaluation (Lipschitz variants)."""
+        if self.lipschitz_encoder:
+            refresh_norms(self.encoder.mean_path, self.hparams.model["certify_iterations"])
+
+    def certified_lipschitz(self) -> Optional[float]:
+        """A proven upper bound on the Lipschitz constant of x -> mean(x), or None."""
+        if not self.lipschitz_encoder:
+            return None
+        return certified_lipschitz(self.encoder.mean_path) * float(self.hparams.model["lipschitz"])
+
+    def domain_radius(self) -> float:
+        """Circumradius of the pixel cube [0,1]^D around its centre: sqrt(D) / 2."""
+        return math.sqrt(math.prod(self.image_shape)) / 2.0
+
+    @torch.no_grad()
+    def latent_bound(self) -> Optional[tuple[Tensor, float]]:
+        """(centre, radius) of a ball that provably holds mean(x) for every x in [0,1]^D.
+
+        The centre is the encoding of the mid-grey image; every input is within sqrt(D)/2 of it,
+        so an L-Lipschitz mean map keeps every encoding within L * sqrt(D)/2 of the centre.
+        """
+        certified = self.certified_lipschitz()
+        if certified is None:
+            return None
+        mid_grey = torch.full((1, *self.image_shape), 0.5, device=self.device)
+        centre = self.encoder(mid_grey)[0][0]
+        return centre, certified * self.domain_radius()
+
+    def describe(self) -> dict[str, Any]:
+        """The `model` block of results.json."""
+        bound = self.latent_bound()
+        model = self.hparams.model
+        return {
+            "variant": self.variant,
+            "latent_dim": model["latent_dim"],
+            "latent_space": self.latent_kind,
+            "likelihood": self.likelihood,
+            "lipschitz": model["lipschitz"] if self.lipschitz_encoder else None,
+            "certified_lipschitz": self.certified_lipschitz(),
+            "latent_radius_bound": None if bound is None else bound[1],
+        }
+
+    def _divergence_message(self, what: str) -> str:
+        return (
+            f"Training diverged: {what} at epoch {self.current_epoch}, step {self.global_step}. "
+            f"Lower optim.lr, set trainer.gradient_clip_val, or check the input data for NaNs; "
+            f"checkpoints written so far are kept."
+        )
+
+    # ----------------------------------------------------------------- Lightning hooks
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x = batch[0]
+        log_lik, kl = self.elbo_terms(x)
+        loss = (kl - log_lik).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(self._divergence_message(f"the training loss became {loss.item()}"))
+        self.log_dict(
+            {"train/loss": loss, "train/log_likelihood": log_lik.mean(), "train/kl": kl.mean()},
+            on_step=True,
+            on_epoch=True,
+            prog_bar=False,
+        )
+        return loss
+
+    def _log_inlier_elbo(self, batch: tuple[Tensor, Tensor, Tensor], dataloader_idx: int, stage: str) -> None:
+        # Dataloader 0 is the inlier set; outlier sets are scored by the OOD callback only, so
+        # no outlier quantity can reach checkpoint selection.
+        if dataloader_idx != 0:
+            return
+        self.log(
+            f"{stage}/elbo",
+            self.elbo(batch[0]).mean(),
+            on_epoch=True,
+            add_dataloader_idx=False,
+            sync_dist=True,
+            batch_size=batch[0].shape[0],
+        )
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._log_inlier_elbo(batch, dataloader_idx, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._log_inlier_elbo(batch, dataloader_idx, "test")
+
+    def on_validation_start(self) -> None:
+        self.refresh_certificate()
+
+    def on_test_start(self) -> None:
+        self.refresh_certificate()
+
+    def configure_optimizers(self) -> Any:
+        optim = self.hparams.optim
+        optimizer = torch.optim.Adam(self.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+        if optim["scheduler"] == "none":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.hparams.max_epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
