@@ -7,7 +7,8 @@ feeds checkpoint selection) and at test end it
 3. encodes the training inliers as the hole_knn reference and computes the reference scores,
 4. counts encodings outside the model's certified latent ball (Lipschitz variants),
 5. computes AUROC / AUPR-In / AUPR-Out / FPR@95 / FPR@80 per (outlier set, score) and logs them
-   as `<stage>/<outlier>/<score>/<metric>`,
+   as `<stage>/<outlier>/<score>/<metric>` (a subset score, likelihood_regret, on the inputs it
+   scored: see callbacks.scores.scored_rows),
 6. at test end writes `results.json` and `scores.npz` atomically (rank 0 only).
 """
 
@@ -31,7 +32,15 @@ from callbacks.distributed import gather_rows, unique_record_order
 from callbacks.knn import reference_kth_distances
 from callbacks.metrics import ood_metrics
 from callbacks.outputs import write_json, write_npz
-from callbacks.scores import BATCH_SCORES, REFERENCE_SCORES, ReferenceLatents, sample_seeds, score_batch
+from callbacks.scores import (
+    BATCH_SCORES,
+    REFERENCE_SCORES,
+    SUBSET_LIMITS,
+    ReferenceLatents,
+    sample_seeds,
+    score_batch,
+    scored_rows,
+)
 
 RECORD_KEYS = ("dataset", "index", "label", "latent", "mean")
 PACKAGES = ("torch", "pytorch-lightning", "torchmetrics", "torchvision", "wandb", "omegaconf", "numpy")
@@ -46,6 +55,7 @@ class Evaluation:
     score_names: list[str]
     metrics: dict[str, dict[str, dict[str, float]]]  # outlier -> score -> metric -> value
     bound_violations: Optional[dict[str, int]]
+    reference: Optional[ReferenceLatents]  # the hole_knn reference, when that score was asked for
 
 
 class OODEvaluation(Callback):
@@ -74,7 +84,7 @@ class OODEvaluation(Callback):
             return
         x, labels, indices = batch
         seeds = sample_seeds(indices, self.run_info.get("seed", 0))
-        scores, encoding = score_batch(pl_module, x, list(self.settings.names), self.settings, seeds)
+        scores, encoding = score_batch(pl_module, x, list(self.settings.names), self.settings, seeds, indices)
         self._records.append(
             {
                 "dataset": torch.full_like(indices, dataloader_idx),
@@ -118,6 +128,7 @@ class OODEvaluation(Callback):
         columns = {key: value[keep] for key, value in gathered.items()}
 
         reference_names = [name for name in self.settings.names if name in REFERENCE_SCORES]
+        reference = None
         if reference_names:
             reference = self._reference_latents(trainer, pl_module)
             for name in reference_names:
@@ -126,26 +137,40 @@ class OODEvaluation(Callback):
         violations = self._bound_violations(pl_module, columns, set_names)
         columns = {key: value.cpu() for key, value in columns.items()}
         score_names = [name for name in self.settings.names if name in BATCH_SCORES or name in REFERENCE_SCORES]
-        metrics = self._metrics(columns, set_names, score_names)
-        evaluation = Evaluation(set_names, columns, score_names, metrics, violations)
+        metrics = self._metrics(columns, set_names, score_names, self.settings)
+        evaluation = Evaluation(set_names, columns, score_names, metrics, violations, reference)
         self.last_evaluation = evaluation
         self._records = []
         return evaluation
 
     @staticmethod
-    def _metrics(columns: dict[str, Tensor], set_names: list[str], score_names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    def _metrics(columns: dict[str, Tensor], set_names: list[str], score_names: list[str], settings: Any) -> dict[str, dict[str, dict[str, float]]]:
+        """Metrics on the whole inlier and outlier sets; a subset score's on the inputs it scored."""
         dataset = columns["dataset"]
         inliers = dataset == 0
+        scored = {name: scored_rows(name, columns["index"], settings, len(dataset)) for name in score_names}
         metrics: dict[str, dict[str, dict[str, float]]] = {}
         for set_id, outlier in enumerate(set_names[1:], start=1):
             outliers = dataset == set_id
             if not outliers.any():
                 continue
-            selected = inliers | outliers
-            metrics[outlier] = {
-                name: ood_metrics(columns[name][selected], outliers[selected]) for name in score_names
-            }
+            metrics[outlier] = {}
+            for name in score_names:
+                selected = (inliers | outliers) & scored[name]
+                metrics[outlier][name] = ood_metrics(columns[name][selected], outliers[selected])
         return metrics
+
+    def _scored_sizes(self, evaluation: Evaluation) -> dict[str, dict[str, int]]:
+        """Per subset score, how many inputs of each set it scored (and its metrics used)."""
+        columns = evaluation.columns
+        sizes: dict[str, dict[str, int]] = {}
+        for name in (name for name in evaluation.score_names if name in SUBSET_LIMITS):
+            scored = scored_rows(name, columns["index"], self.settings, len(columns["index"]))
+            sizes[name] = {
+                set_name: int((scored & (columns["dataset"] == set_id)).sum())
+                for set_id, set_name in enumerate(evaluation.set_names)
+            }
+        return sizes
 
     @torch.no_grad()
     def _reference_latents(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ReferenceLatents:
@@ -158,7 +183,9 @@ class OODEvaluation(Callback):
             chosen = torch.randperm(size, generator=generator)[:cap].sort().values
         else:
             chosen = torch.arange(size)
-        shard = chosen[trainer.global_rank :: trainer.world_size].tolist()
+        # Contiguous shards: gathered in rank order they are exactly the single-process reference
+        # (same rows, same order), so neighbour ties resolve the same way on any process count.
+        shard = chosen.tensor_split(trainer.world_size)[trainer.global_rank].tolist()
         subset_loader = DataLoader(
             Subset(loader.dataset, shard),
             batch_size=loader.batch_size,
@@ -197,8 +224,9 @@ class OODEvaluation(Callback):
         }
         if evaluation.bound_violations is not None:
             values.update({f"{stage}/{name}/bound_violations": float(count) for name, count in evaluation.bound_violations.items()})
-        # Every process holds the same gathered values, so no further reduction is needed.
-        pl_module.log_dict(values, sync_dist=False, add_dataloader_idx=False)
+        # Every process holds the same gathered values: a max over processes returns them exactly
+        # and tells Lightning they are synchronised (it warns about unsynced epoch values).
+        pl_module.log_dict(values, sync_dist=True, reduce_fx="max", add_dataloader_idx=False)
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, evaluation: Evaluation, test_seconds: float) -> None:
         columns = evaluation.columns
@@ -208,7 +236,7 @@ class OODEvaluation(Callback):
             "experiment": self.run_info.get("experiment"),
             "seed": self.run_info.get("seed"),
             "model": pl_module.describe(),
-            "data": {"inlier": evaluation.set_names[0], "outliers": evaluation.set_names[1:], "sizes": sizes},
+            "data": {"inlier": evaluation.set_names[0], "outliers": evaluation.set_names[1:], "sizes": sizes, "scored_sizes": self._scored_sizes(evaluation)},
             "scores": evaluation.score_names,
             "metrics": evaluation.metrics,
             "bound_violations": evaluation.bound_violations,

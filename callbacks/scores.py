@@ -6,6 +6,9 @@ Two kinds of score:
   computes them after gathering every latent.
 Scores that share work (one encoding, one set of K posterior samples) share it through
 `ScoreContext`, which caches per batch.
+A score too costly for whole evaluated sets (likelihood_regret) is a subset score: it is computed
+only for the inputs whose position in their set is below its limit (`SUBSET_LIMITS`), is NaN for
+the others, and its metrics use exactly the inputs it was computed for (`scored_rows`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from callbacks.input_complexity import input_complexity_score
 from callbacks.knn import hole_knn_score
+from callbacks.likelihood_regret import likelihood_regret as likelihood_regret_of
 from lightning_modules import BaseVAE, Encoding
 from lightning_modules.base import ImportanceSamples
 
@@ -30,6 +35,7 @@ class ScoreContext:
     x: Tensor
     settings: Any  # the `scores` config block
     seeds: Optional[Tensor] = None  # one sampling seed per input (see BaseVAE.sample_posterior)
+    indices: Optional[Tensor] = None  # each input's position in its evaluated set (subset scores)
     _encoding: Optional[Encoding] = None
     _samples: dict[int, ImportanceSamples] = field(default_factory=dict)
 
@@ -79,13 +85,59 @@ def hole_posterior(ctx: ScoreContext) -> Tensor:
     return samples.log_likelihood.var(dim=0)
 
 
+def input_complexity(ctx: ScoreContext) -> Tensor:
+    """Serrà et al. (2020): neg_elbo in bits minus the PNG size of x in bits (callbacks.input_complexity)."""
+    return input_complexity_score(neg_elbo(ctx), ctx.x)
+
+
+def likelihood_regret(ctx: ScoreContext) -> Tensor:
+    """Xiao et al. (2020): ELBO gain of an encoder fitted to each input alone (callbacks.likelihood_regret).
+
+    A subset score: NaN for the inputs outside `scored_rows`.
+    """
+    rows = scored_rows("likelihood_regret", ctx.indices, ctx.settings, ctx.x.shape[0]).to(ctx.x.device)
+    regret = torch.full((ctx.x.shape[0],), float("nan"), dtype=torch.float64, device=ctx.x.device)
+    if rows.any():
+        regret[rows] = likelihood_regret_of(
+            ctx.model,
+            ctx.x[rows],
+            steps=ctx.settings.regret_steps,
+            lr=ctx.settings.regret_lr,
+            samples=ctx.settings.iwae_samples,
+            seeds=None if ctx.seeds is None else ctx.seeds[rows.cpu()],
+            original_elbo=-neg_elbo(ctx)[rows],
+        ).double()
+    return regret
+
+
 BATCH_SCORES: dict[str, Callable[[ScoreContext], Tensor]] = {
     "neg_elbo": neg_elbo,
     "iwae_nll": iwae_nll,
     "recon": recon,
     "latent_norm": latent_norm,
     "hole_posterior": hole_posterior,
+    "input_complexity": input_complexity,
+    "likelihood_regret": likelihood_regret,
 }
+
+# Subset scores: name -> the number of leading inputs (by position) of each evaluated set to score,
+# read from the `scores` settings; None scores every input.
+SUBSET_LIMITS: dict[str, Callable[[Any], Optional[int]]] = {
+    "likelihood_regret": lambda settings: settings.regret_max_samples,
+}
+
+
+def scored_rows(name: str, indices: Optional[Tensor], settings: Any, count: int) -> Tensor:
+    """Bool mask ``[count]`` of the inputs that score ``name`` is computed for.
+
+    Every input for ordinary scores; for a subset score, those whose position in their evaluated
+    set (``indices``) is below its limit. Without ``indices`` (scoring a bare batch outside the
+    evaluation callback) positions are unknown and every input is scored.
+    """
+    limit = SUBSET_LIMITS[name](settings) if name in SUBSET_LIMITS else None
+    if limit is None or indices is None:
+        return torch.ones(count, dtype=torch.bool)
+    return indices.cpu() < limit
 
 
 @dataclass
@@ -120,10 +172,15 @@ def available_scores() -> list[str]:
 
 @torch.no_grad()
 def score_batch(
-    model: BaseVAE, x: Tensor, names: list[str], settings: Any, seeds: Optional[Tensor] = None
+    model: BaseVAE,
+    x: Tensor,
+    names: list[str],
+    settings: Any,
+    seeds: Optional[Tensor] = None,
+    indices: Optional[Tensor] = None,
 ) -> tuple[dict[str, Tensor], Encoding]:
     """All requested batch scores for one batch, plus the encoding (for latents and bounds)."""
-    ctx = ScoreContext(model, x, settings, seeds)
+    ctx = ScoreContext(model, x, settings, seeds, indices)
     scores = {name: BATCH_SCORES[name](ctx).detach() for name in names if name in BATCH_SCORES}
     return scores, ctx.encoding
 

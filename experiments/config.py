@@ -8,6 +8,7 @@ express (a negative Lipschitz constant, k larger than the reference set, ...).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from callbacks.dashboard import PlotConfig
 from datamodules.config import DataConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -23,11 +25,14 @@ DEFAULT_CONFIG = CONFIG_DIR / "fmnist_vs_mnist.yaml"
 
 
 # `${now:FORMAT}` in a config gives the run's start time, so default out_dirs never collide.
-def _now(fmt: str) -> str:
-    return time.strftime(fmt)
+def run_started_at(fmt: str) -> str:
+    # The start time is kept in the environment so that processes a launcher starts later (DDP
+    # ranks re-running the same command) resolve the same out_dir.
+    started = float(os.environ.setdefault("OOD_RUN_STARTED", str(time.time())))
+    return time.strftime(fmt, time.localtime(started))
 
 
-OmegaConf.register_resolver("now", _now, use_cache=True, replace=True)
+OmegaConf.register_resolver("now", run_started_at, use_cache=True, replace=True)
 
 
 class ConfigError(ValueError):
@@ -38,14 +43,14 @@ class ConfigError(ValueError):
 class ModelConfig:
     variant: str = "gaussian"
     latent_dim: int = 16
-    width: int = 16
+    width: int = 8
     hidden_dim: int = 256
     activation: str = "maxmin"
     likelihood: str = "bernoulli"
     # Only for the Lipschitz variants: the fixed Lipschitz constant of the encoder's mean map.
     lipschitz: Optional[float] = None
     power_iterations: int = 1
-    certify_iterations: int = 500
+    certify_iterations: int = 2000
     kappa_floor: float = 1.0
 
 
@@ -85,16 +90,22 @@ class LoggerConfig:
 @dataclass
 class ScoreConfig:
     names: List[str] = field(
-        default_factory=lambda: ["neg_elbo", "iwae_nll", "recon", "latent_norm"]
+        default_factory=lambda: ["hole_knn", "hole_posterior", "neg_elbo", "iwae_nll", "recon", "latent_norm"]
     )
     iwae_samples: int = 16
     posterior_samples: int = 16
-    knn_k: int = 10
+    knn_k: int = 100
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
-    knn_reference_size: Optional[int] = 20000
+    knn_reference_size: Optional[int] = None
     knn_chunk_size: Optional[int] = None
     # OOD metrics at validation end every n epochs (0 = only at test end). Reporting only.
     val_every_n_epochs: int = 1
+    # likelihood_regret: Adam steps and learning rate of each input's own encoder optimisation, and
+    # how many inputs of each evaluated set it scores (the first N by position, None = all; its
+    # metrics use those inputs only). It costs `regret_steps` encoder updates per input.
+    regret_steps: int = 50
+    regret_lr: float = 1e-4
+    regret_max_samples: Optional[int] = 500
 
 
 @dataclass
@@ -102,12 +113,19 @@ class TrainConfig:
     experiment: str = "fmnist_vs_mnist"
     seed: int = 0
     out_dir: str = "outputs/${experiment}/${model.variant}/seed${seed}/${now:%Y%m%d-%H%M%S}"
+    # Continue the interrupted run in out_dir from checkpoints/last.ckpt, exactly where it stopped:
+    #   python -m experiments.train OUT_DIR/config.yaml resume=true
+    resume: bool = False
+    # checkpoints/last.ckpt is written every n training steps (0: only at epoch ends) and at every
+    # epoch end, so a killed run loses at most n steps.
+    checkpoint_every_n_steps: int = 200
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     scores: ScoreConfig = field(default_factory=ScoreConfig)
+    plots: PlotConfig = field(default_factory=PlotConfig)
 
 
 @dataclass
@@ -123,6 +141,7 @@ class EvaluateConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     scores: ScoreConfig = field(default_factory=ScoreConfig)
+    plots: PlotConfig = field(default_factory=PlotConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -236,6 +255,12 @@ def validate_scores(config: DictConfig, known_scores: Sequence[str]) -> None:
     check_positive(config, "scores.posterior_samples", minimum=2)
     check_positive(config, "scores.knn_k", minimum=1)
     check_positive(config, "scores.val_every_n_epochs", minimum=0)
+    check_positive(config, "scores.regret_steps", minimum=1)
+    check_positive(config, "scores.regret_lr", minimum=0, strict=True)
+    check_positive(config, "scores.regret_max_samples", minimum=1)
+    check_positive(config, "plots.every_n_epochs", minimum=0)
+    for key in ("max_points", "n_images", "grid_resolution", "n_prior_samples"):
+        check_positive(config, f"plots.{key}", minimum=1)
     reference_size = config.scores.knn_reference_size
     if reference_size is not None and config.scores.knn_k >= reference_size:
         raise ConfigError(

@@ -20,7 +20,7 @@ from experiments.config import ConfigError, EvaluateConfig, load_config, split_c
 
 def stored_defaults(run_config: dict) -> dict:
     """The parts of the training config that evaluation inherits."""
-    keys = ("data", "scores", "trainer", "logger", "seed")
+    keys = ("data", "scores", "plots", "trainer", "logger", "seed")
     return {key: run_config[key] for key in keys if key in run_config}
 
 
@@ -45,6 +45,7 @@ def checkpoint_argument(arguments: Sequence[str]) -> Path:
 
 def main(arguments: Sequence[str]) -> None:
     from experiments.runner import default_eval_dir, evaluate
+    from pytorch_lightning.utilities import rank_zero_only
     from lightning_modules import load_model
 
     checkpoint = checkpoint_argument(arguments)
@@ -53,7 +54,8 @@ def main(arguments: Sequence[str]) -> None:
     if config.out_dir is None:
         config.out_dir = str(default_eval_dir(checkpoint))
     out_dir, _ = evaluate(config, model)
-    print(f"Results written to {out_dir / 'results.json'}")
+    if rank_zero_only.rank == 0:  # under DDP every process runs main()
+        print(f"Results written to {out_dir / 'results.json'}")
 
 
 def entry_point() -> None:

@@ -14,11 +14,18 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
+from callbacks.dashboard import Dashboard
 from callbacks.ood_evaluation import OODEvaluation
+from callbacks.outputs import atomic_open
 from datamodules import OODDataModule
+from experiments.checkpoint_io import AtomicCheckpointIO, remove_partial_writes
+from experiments.config import run_started_at
+from experiments.resume import ResumableDataModule, ResumePoint
 
 CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
 
 
 def to_dict(config: DictConfig) -> dict[str, Any]:
@@ -47,6 +54,7 @@ def build_trainer(config: DictConfig, out_dir: Path, callbacks: list[Callback], 
         default_root_dir=str(out_dir),
         logger=logger,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         **trainer_settings,
     )
 
@@ -66,36 +74,66 @@ def check_out_dir_is_new(out_dir: Path) -> None:
         )
 
 
+def resume_checkpoint(out_dir: Path) -> Path:
+    """OUT_DIR/checkpoints/last.ckpt of an interrupted run, after clearing its partial writes."""
+    last = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"resume=true but {last} does not exist, so there is nothing to resume in "
+            f"out_dir={out_dir}. Check out_dir (resume with `python -m experiments.train "
+            f"OUT_DIR/config.yaml resume=true` from the directory the run started in), or start "
+            f"a new run without resume=true."
+        )
+    rank_zero_only(remove_partial_writes)(out_dir, last.parent)
+    return last
+
+
+@rank_zero_only
+def save_run_config(config: DictConfig, out_dir: Path) -> None:
+    """config.yaml, written by one process, atomically: the resume command reads it back."""
+    with atomic_open(out_dir / "config.yaml") as stream:
+        stream.write(OmegaConf.to_yaml(config, resolve=True))
+
+
+def checkpoint_callbacks(config: DictConfig, out_dir: Path) -> tuple[ModelCheckpoint, ResumePoint]:
+    """The best model by inlier validation ELBO, and last.ckpt to resume from."""
+    best = ModelCheckpoint(
+        dirpath=out_dir / CHECKPOINT_DIR,
+        filename="epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor="val/elbo",  # inlier-only: outlier labels never select the model
+        mode="max",
+    )
+    return best, ResumePoint(out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, config.checkpoint_every_n_steps)
+
+
 def train(config: DictConfig) -> tuple[Path, OODEvaluation]:
-    """Fit, select the checkpoint by inlier validation ELBO, test it, write the outputs."""
+    """Fit (or resume fitting), select the checkpoint by inlier validation ELBO, test it, write the outputs."""
     from lightning_modules import build_model
 
     out_dir = Path(config.out_dir)
-    check_out_dir_is_new(out_dir)
+    resume_from = resume_checkpoint(out_dir) if config.resume else None
+    if resume_from is None:
+        check_out_dir_is_new(out_dir)
     pl.seed_everything(config.seed, workers=True)
-    datamodule = OODDataModule(config.data)
+    datamodule = ResumableDataModule(config.data, config.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(
         to_dict(config.model), to_dict(config.optim), datamodule.image_shape,
         config.trainer.max_epochs, run_config=to_dict(config),
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, out_dir / "config.yaml", resolve=True)
+    save_run_config(config, out_dir)
     evaluation = OODEvaluation(config.scores, out_dir, run_info(config))
-    checkpoint = ModelCheckpoint(
-        dirpath=out_dir / CHECKPOINT_DIR,
-        filename="epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        monitor="val/elbo",  # inlier-only: outlier labels never select the model
-        mode="max",
-        save_last=True,
-    )
+    best, resume_point = checkpoint_callbacks(config, out_dir)
     logger = build_logger(config, out_dir, run_name=out_dir.name)
-    trainer = build_trainer(config, out_dir, [checkpoint, Timer(), evaluation], logger)
+    # A resumed run skips the sanity check: its certificate refresh would move the restored
+    # power-iteration state and the run would no longer follow the uninterrupted one.
+    resume_settings = {"num_sanity_val_steps": 0} if resume_from else {}
+    trainer = build_trainer(config, out_dir, [best, resume_point, Timer(), evaluation, Dashboard(config.plots, evaluation, out_dir)], logger, **resume_settings)
     try:
-        trainer.fit(model, datamodule=datamodule)
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint.best_model_path else None)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None)
     finally:
         finish_logger(logger)
     return out_dir, evaluation
@@ -114,11 +152,10 @@ def evaluate(config: DictConfig, model: pl.LightningModule) -> tuple[Path, OODEv
             f"data.inlier={config.data.inlier!r} gives {tuple(datamodule.image_shape)}. Evaluate "
             f"with the training inlier set, or set data.image_size / data.channels to convert."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, out_dir / "config.yaml", resolve=True)
+    save_run_config(config, out_dir)
     evaluation = OODEvaluation(config.scores, out_dir, run_info(config))
     logger = build_logger(config, out_dir, run_name=out_dir.name)
-    trainer = build_trainer(config, out_dir, [evaluation], logger)
+    trainer = build_trainer(config, out_dir, [evaluation, Dashboard(config.plots, evaluation, out_dir)], logger)
     try:
         trainer.test(model, datamodule=datamodule)
     finally:
@@ -136,7 +173,8 @@ def run_info(config: DictConfig) -> dict[str, Any]:
 
 
 def timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+    """The run's start time: DDP ranks launched later must name the same default out_dir."""
+    return run_started_at("%Y%m%d-%H%M%S")
 
 
 def default_eval_dir(checkpoint: Path, stamp: Optional[str] = None) -> Path:

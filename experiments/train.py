@@ -4,6 +4,15 @@
 
 Without a config file the default experiment (Fashion-MNIST vs MNIST) runs. Outputs go to
 `out_dir`: results.json, scores.npz, config.yaml, checkpoints/, wandb/.
+
+An interrupted run (killed, preempted, out of time) continues where its last checkpoint left it,
+with the same results as if it had never stopped (same data order, random state and
+best-checkpoint selection), from the directory the run was started in:
+
+    python -m experiments.train OUT_DIR/config.yaml resume=true
+
+Multi-GPU (or multi-process CPU) training is Lightning DDP, e.g. `trainer.devices=4
+trainer.strategy=ddp`; Lightning re-runs this same command for every further process.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from experiments.cli import run_cli
-from experiments.config import DEFAULT_CONFIG, TrainConfig, load_config, split_cli_args, validate_common, validate_scores
+from experiments.config import DEFAULT_CONFIG, TrainConfig, check_positive, load_config, split_cli_args, validate_common, validate_scores
 
 
 def load_train_config(arguments: Sequence[str]) -> DictConfig:
@@ -27,16 +36,19 @@ def load_train_config(arguments: Sequence[str]) -> DictConfig:
     config = load_config(TrainConfig, config_path or str(DEFAULT_CONFIG), overrides)
     validate_common(config)
     validate_scores(config, available_scores())
+    check_positive(config, "checkpoint_every_n_steps", minimum=0)
     check_model_config(to_dict(config.model))
     return config
 
 
 def main(arguments: Sequence[str]) -> None:
     from experiments.runner import train
+    from pytorch_lightning.utilities import rank_zero_only
 
     config = load_train_config(arguments)
     out_dir, _ = train(config)
-    print(f"Results written to {out_dir / 'results.json'}")
+    if rank_zero_only.rank == 0:  # under DDP every process runs main()
+        print(f"Results written to {out_dir / 'results.json'}")
 
 
 def entry_point() -> None:

@@ -8,6 +8,7 @@ bound, optimisation, certificates — is written once here.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -58,16 +59,17 @@ def validate_model_config(model: dict[str, Any], variant_is_lipschitz: bool) -> 
         problems.append(f"model.kappa_floor={model['kappa_floor']} must be > 0")
     lipschitz = model["lipschitz"]
     if variant_is_lipschitz:
-        if lipschitz is None or not (lipschitz > 0 and math.isfinite(lipschitz)):
+        if lipschitz is None or not lipschitz > 0:
             problems.append(
-                f"model.lipschitz={lipschitz} must be a positive finite number for the "
-                f"variant {model['variant']!r}"
+                f"model.lipschitz={lipschitz} must be a positive number for the variant "
+                f"{model['variant']!r} (inf trains the same architecture unconstrained)"
             )
     elif lipschitz is not None:
-        problems.append(
-            f"model.lipschitz={lipschitz} is set but the variant {model['variant']!r} has no "
-            f"Lipschitz encoder: use model.variant=lipschitz or alexandroff_lipschitz, or "
-            f"model.lipschitz=null"
+        # Not an error: a config (or a sweep) may switch the variant and keep the constant.
+        warnings.warn(
+            f"model.lipschitz={lipschitz} is ignored: the variant {model['variant']!r} has no "
+            f"Lipschitz encoder (use model.variant=lipschitz or alexandroff_lipschitz to apply it).",
+            stacklevel=2,
         )
     if problems:
         raise ValueError("Invalid model config: " + "; ".join(problems) + ".")
@@ -91,6 +93,8 @@ class BaseVAE(pl.LightningModule):
         super().__init__()
         validate_model_config(model, self.lipschitz_encoder)
         self.save_hyperparameters()
+        # L = inf is the unconstrained end of a sweep over L: same variant, plain layers.
+        self.constrained = self.lipschitz_encoder and math.isfinite(model["lipschitz"])
         self.image_shape = tuple(image_shape)
         self.likelihood = model["likelihood"]
         self.latent: LatentSpace = (
@@ -105,9 +109,14 @@ class BaseVAE(pl.LightningModule):
             mean_dim=self.latent.mean_dim,
             scale_dim=self.latent.scale_dim,
             activation=model["activation"],
-            lipschitz=model["lipschitz"] if self.lipschitz_encoder else None,
+            lipschitz=model["lipschitz"] if self.constrained else None,
             power_iterations=model["power_iterations"],
         )
+        if self.constrained:
+            # Convolution norms are norms of operators on a given input size: fix it now, so the
+            # certificate exists before the first training batch (e.g. at a sanity check).
+            with torch.no_grad():
+                self.encoder(torch.zeros(1, *self.image_shape))
         self.decoder = Decoder(
             self.image_shape,
             width=model["width"],
@@ -198,12 +207,12 @@ class BaseVAE(pl.LightningModule):
     @torch.no_grad()
     def refresh_certificate(self) -> None:
         """Converge the encoder's per-layer norm estimates before evaluation (Lipschitz variants)."""
-        if self.lipschitz_encoder:
+        if self.constrained:
             refresh_norms(self.encoder.mean_path, self.hparams.model["certify_iterations"])
 
     def certified_lipschitz(self) -> Optional[float]:
         """A proven upper bound on the Lipschitz constant of x -> mean(x), or None."""
-        if not self.lipschitz_encoder:
+        if not self.constrained:
             return None
         return certified_lipschitz(self.encoder.mean_path) * float(self.hparams.model["lipschitz"])
 
@@ -234,7 +243,7 @@ class BaseVAE(pl.LightningModule):
             "latent_dim": model["latent_dim"],
             "latent_space": self.latent_kind,
             "likelihood": self.likelihood,
-            "lipschitz": model["lipschitz"] if self.lipschitz_encoder else None,
+            "lipschitz": (model["lipschitz"] if self.constrained else "inf") if self.lipschitz_encoder else None,
             "certified_lipschitz": self.certified_lipschitz(),
             "latent_radius_bound": None if bound is None else bound[1],
         }

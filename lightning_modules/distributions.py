@@ -74,8 +74,8 @@ def inverse_stereographic(u: Tensor) -> Tensor:
     head_large = 2.0 * (u_large / r) / (r + q)
     tail_large = (1.0 - q * q) / (1.0 + q * q)
 
-    head = torch.where(is_small & ~at_infinity, head_small, head_large)
-    tail = torch.where(is_small & ~at_infinity, tail_small, tail_large)
+    head = torch.where(is_small, head_small, head_large)
+    tail = torch.where(is_small, tail_small, tail_large)
     head = torch.where(at_infinity, torch.zeros_like(head), head)
     tail = torch.where(at_infinity, torch.ones_like(tail), tail)
     return torch.cat((head, tail), dim=-1)

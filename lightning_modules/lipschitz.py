@@ -72,6 +72,13 @@ class _NormalisedOperator(nn.Module):
         """Whether the operator (and hence the buffers u, v) is known."""
         return True
 
+    def _require_operator(self) -> None:
+        if not self._norm_ready():
+            raise RuntimeError(
+                f"{type(self).__name__} has not seen an input yet, so its operator (its input "
+                "size) is unknown; call the module once on a batch of the intended size first"
+            )
+
     def _init_norm_buffers(
         self,
         u: Tensor,
@@ -112,13 +119,9 @@ class _NormalisedOperator(nn.Module):
         step and carries float32 rounding. The estimate is still a lower bound on the norm; see
         :meth:`certified_norm` for the proven side.
         """
-        if not self._norm_ready():
-            raise RuntimeError(
-                f"{type(self).__name__} has not seen an input yet, so its operator (input size) is "
-                "unknown; call the module once on a batch of the intended size first"
-            )
+        self._require_operator()
         weight = self.weight.detach().double()
-        u, v = self._iterate(weight, self.u.double(), self.v.double(), n_iterations)
+        _, v = self._iterate(weight, self.u.double(), self.v.double(), n_iterations)
         image = self._operator(v, weight)
         sigma = torch.linalg.vector_norm(image)
         self.u.copy_(_normalise(image, self.eps))
@@ -131,11 +134,6 @@ class _NormalisedOperator(nn.Module):
         Uses the stored sigma, i.e. the one eval-mode forwards divide by. Floating-point rounding
         of the forward pass itself (relative ~1e-7 in float32) is not included.
         """
-        if not self._norm_ready():
-            raise RuntimeError(
-                f"{type(self).__name__} has not seen an input yet, so its operator (input size) is "
-                "unknown; call the module once on a batch of the intended size first"
-            )
         return self.raw_norm_bound() / max(float(self.sigma), self.eps)
 
     def _normalised_weight(self) -> Tensor:
@@ -147,7 +145,7 @@ class _NormalisedOperator(nn.Module):
             self.v.copy_(v)
         # Clones: autograd saves u and v, and a second forward before backward updates the buffers
         # in place.
-        sigma = (u.clone() * self._operator(v.clone(), self.weight.detach())).sum()
+        sigma = (u.clone() * self._operator(v.clone(), self.weight)).sum()
         with torch.no_grad():
             self.sigma.copy_(sigma)
         return self.weight / sigma.clamp_min(self.eps)
@@ -219,8 +217,8 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
     ``padding_mode='circular'``, stride 1 and padding = dilation * (k - 1) / 2 for an *exact*
     certificate (see :meth:`raw_norm_bound`).
 
-    Under DistributedDataParallel the buffers created on the first forward are resized in place,
-    so DDP's buffer broadcast (from rank 0, at every later forward) keeps all ranks identical.
+    Under DistributedDataParallel each rank seeds u and v on its first forward; DDP broadcasts
+    buffers from rank 0 before every later forward, so the ranks agree from then on.
     """
 
     input_size: Tensor
@@ -316,7 +314,7 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
         return x
 
     def _learn_input_size(self, size: torch.Size) -> None:
-        """Fix the operator's input size and create u, v for it (resized in place, see class)."""
+        """Fix the operator's input size, size u and v for it and seed sigma."""
         self.input_size.copy_(torch.tensor(size, dtype=torch.long))
         probe = torch.zeros((1, self.in_channels, *size), device=self.v.device, dtype=self.v.dtype)
         with torch.no_grad():
@@ -364,11 +362,7 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
         and the bound is the exact norm. Strides, zero padding or other output sizes make S a
         projection and the bound an over-estimate. Computed in float64.
         """
-        if not self._norm_ready():
-            raise RuntimeError(
-                "LipschitzConv2d has not seen an input yet, so its operator (input size) is "
-                "unknown; call the module once on a batch of the intended size first"
-            )
+        self._require_operator()
         weight = self.weight.detach().double()
         grid: list[int] = []
         selection_norm_sq = 1

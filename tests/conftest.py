@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DATA_DIR", str((REPO_ROOT.parent / "shared" / "datasets").resolve()))
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
+# W&B keeps staging files and settings under the home directory by default; tests leave no trace.
+_WANDB_HOME = tempfile.mkdtemp(prefix="wandb-tests-")
+for _variable in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+    os.environ[_variable] = _WANDB_HOME
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,6 +96,19 @@ def test_other_conv_certificates_are_tight_upper_bounds(
     true = raw_conv_norm(conv)
     bound = conv.certified_norm() * float(conv.sigma)
     assert true * (1 - 1e-12) <= bound <= 2 * true
+
+
+def test_zero_padding_bound_needs_the_unwrapped_grid() -> None:
+    # Kernel row (1, 0, -1): symbol 2 |sin w|, peaking at w = pi / 2. With zero padding on 6
+    # pixels the operator is tridiagonal with norm 2 cos(pi / 7) ~ 1.80; a circulant on the
+    # 6-point grid (frequencies k pi / 3) would certify only 2 sin(pi / 3) ~ 1.73 < 1.80.
+    conv = LipschitzConv2d(1, 1, 3, padding=1, bias=False, dtype=F64)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[0, 0, 0], [1, 0, -1], [0, 0, 0]]]]))
+    conv(torch.zeros(1, 1, 6, 6, dtype=F64))
+    true = raw_conv_norm(conv, (1, 1, 6, 6))
+    assert true == pytest.approx(2 * math.cos(math.pi / 7), rel=1e-12)
+    assert conv.certified_norm() * float(conv.sigma) >= true
 
 
 @pytest.mark.parametrize(("stride", "padding", "mode"), CONFIGS)

@@ -56,7 +56,9 @@ def test_results_json_has_every_key(trained_run: Path) -> None:
     assert {"experiment", "seed", "model", "metrics", "timing", "versions"} <= set(results)
     assert results["experiment"] == "fmnist_vs_mnist"
     assert set(results["model"]) >= {"variant", "latent_dim", "lipschitz", "certified_lipschitz", "latent_radius_bound"}
-    assert results["model"]["variant"] == "gaussian"
+    assert results["model"]["variant"] == "alexandroff_lipschitz"  # the default experiment's
+    assert results["model"]["certified_lipschitz"] <= results["model"]["lipschitz"] * (1 + 1e-3)
+    assert results["bound_violations"] == {"fashion_mnist": 0, "mnist": 0}
     assert list(results["metrics"]) == ["mnist"]
     assert set(results["metrics"]["mnist"]) == set(SCORES)
     assert results["data"]["sizes"] == {"fashion_mnist": 150, "mnist": 150}
