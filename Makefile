@@ -9,6 +9,8 @@ ARGS ?=
 export DATA_DIR
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
+# OpenMP threads that spin after each op steal the cores from the working ones on a small CPU.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run test bench clean
 
@@ -26,6 +28,13 @@ run: install
 
 test: install
 	$(PY) -m pytest -q $(ARGS)
+
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks.knn_search
+	$(PY) -m benchmarks.training_loop
+	$(PY) -m benchmarks.scoring
+	$(PY) -m benchmarks.end_to_end
 
 clean:
 	rm -rf outputs wandb lightning_logs .pytest_cache

@@ -75,7 +75,9 @@ def roc_curve(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> tuple[np
     """False- and true-positive rates at every distinct threshold, outliers positive.
 
     An input is flagged when ``score >= threshold``. The curve starts at (0, 0) and ends at (1, 1).
+    NaN scores (inputs a subset score such as likelihood_regret did not score) are left out.
     """
+    inlier_scores, outlier_scores = inlier_scores[~np.isnan(inlier_scores)], outlier_scores[~np.isnan(outlier_scores)]
     scores = np.concatenate([outlier_scores, inlier_scores])
     positive = np.concatenate([np.ones(len(outlier_scores)), np.zeros(len(inlier_scores))])
     order = np.argsort(-scores, kind="stable")
@@ -446,6 +448,8 @@ def score_histogram_figure(scores: Mapping[str, np.ndarray], dataset: np.ndarray
 
 
 def _histogram_panel(ax: Axes, name: str, values: np.ndarray, dataset: np.ndarray, set_names: Sequence[str], styles: Mapping[str, SetStyle]) -> None:
+    scored = ~np.isnan(values)  # a subset score (likelihood_regret) is NaN where it did not score
+    values, dataset = values[scored], dataset[scored]
     low, high = clipped_range(values)
     bins = np.linspace(low, high, HISTOGRAM_BINS + 1)
     inlier_values = values[dataset == 0]

@@ -21,6 +21,7 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide results from others
     try:
         with os.fdopen(handle, mode) as stream:
             yield stream
@@ -41,3 +42,9 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_open(path, "wb") as stream:
         np.savez_compressed(stream, **arrays)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
+
+from pytorch_lightning.utilities import rank_zero_only
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
 
@@ -24,3 +27,9 @@ def run_cli(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = 
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+@rank_zero_only
+def report_results(out_dir: Path) -> None:
+    """Say where the outputs are, once: under DDP every process runs the entry point."""
+    print(f"Results written to {out_dir / 'results.json'}")

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.cli import run_cli
+from experiments.cli import report_results, run_cli
 from experiments.config import ConfigError, EvaluateConfig, load_config, split_cli_args, validate_common, validate_scores
 
 
@@ -45,7 +45,6 @@ def checkpoint_argument(arguments: Sequence[str]) -> Path:
 
 def main(arguments: Sequence[str]) -> None:
     from experiments.runner import default_eval_dir, evaluate
-    from pytorch_lightning.utilities import rank_zero_only
     from lightning_modules import load_model
 
     checkpoint = checkpoint_argument(arguments)
@@ -54,8 +53,7 @@ def main(arguments: Sequence[str]) -> None:
     if config.out_dir is None:
         config.out_dir = str(default_eval_dir(checkpoint))
     out_dir, _ = evaluate(config, model)
-    if rank_zero_only.rank == 0:  # under DDP every process runs main()
-        print(f"Results written to {out_dir / 'results.json'}")
+    report_results(out_dir)
 
 
 def entry_point() -> None:

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
-from experiments.cli import run_cli
+from experiments.cli import report_results, run_cli
 from experiments.config import DEFAULT_CONFIG, TrainConfig, check_positive, load_config, split_cli_args, validate_common, validate_scores
 
 
@@ -43,12 +43,10 @@ def load_train_config(arguments: Sequence[str]) -> DictConfig:
 
 def main(arguments: Sequence[str]) -> None:
     from experiments.runner import train
-    from pytorch_lightning.utilities import rank_zero_only
 
     config = load_train_config(arguments)
     out_dir, _ = train(config)
-    if rank_zero_only.rank == 0:  # under DDP every process runs main()
-        print(f"Results written to {out_dir / 'results.json'}")
+    report_results(out_dir)
 
 
 def entry_point() -> None:

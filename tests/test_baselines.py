@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,10 @@ from callbacks.input_complexity import compressed_bits, png_bits, quantise
 from callbacks.likelihood_regret import likelihood_regret, seeded_elbo
 from callbacks.ood_evaluation import OODEvaluation
 from callbacks.scores import sample_seeds, score_batch, scored_rows
-from experiments.config import ConfigError, ScoreConfig
+from experiments.config import ConfigError, ModelConfig, OptimConfig, ScoreConfig
 from experiments.runner import train
 from experiments.train import load_train_config
-from lightning_modules import BaseVAE, load_model
+from lightning_modules import BaseVAE, build_model, load_model
 from lightning_modules.likelihoods import log_likelihood
 from tests.conftest import tiny_overrides
 
@@ -40,10 +41,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tup
             "scores.names": "[" + ",".join(SCORES) + "]",
             "scores.regret_steps": "5",
             "scores.regret_max_samples": str(REGRET_SUBSET),
-            # Test-end metrics only, and a short norm refresh: the default (Lipschitz) variant's
-            # certificate costs far more than these scores on a tiny model.
-            "scores.val_every_n_epochs": "0",
-            "model.certify_iterations": "50",
+            "scores.val_every_n_epochs": "0",  # test-end metrics are enough here
+            # The plain VAE: its regret is large enough to test; the Lipschitz sphere variant's
+            # certificate refresh would cost more than everything else in this file.
+            "model.variant": "gaussian",
+            "model.lipschitz": "null",
             "logger.mode": "disabled",
             "plots.enabled": "false",
         },
@@ -70,6 +72,13 @@ def images(data_dir: Path) -> Tensor:
 
 def settings(**values: object) -> object:
     return OmegaConf.structured(ScoreConfig(**values))  # type: ignore[arg-type]
+
+
+def fresh_model(variant: str) -> BaseVAE:
+    """An untrained tiny model of any variant (the trained one is the plain VAE)."""
+    lipschitz = 1.0 if "lipschitz" in variant else None
+    model = {**asdict(ModelConfig()), "variant": variant, "lipschitz": lipschitz, "latent_dim": 4, "width": 4, "hidden_dim": 32}
+    return build_model(model, asdict(OptimConfig()), (1, 28, 28), max_epochs=1)
 
 
 # ----------------------------------------------------------------------------- input complexity
@@ -123,11 +132,12 @@ def test_regret_improves_the_elbo_and_is_nonnegative(model: BaseVAE, images: Ten
     noise = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     x = torch.cat([images[:4], noise])
     seeds = sample_seeds(torch.arange(len(x)), 0)
-    regret = likelihood_regret(model, x, steps=30, lr=1e-4, samples=64, seeds=seeds)
+    regret = likelihood_regret(model, x, steps=15, lr=1e-4, samples=32, seeds=seeds)
     assert regret.shape == (len(x),)
-    # Up to the noise of a 64-sample ELBO difference with common random numbers.
-    assert (regret > -0.5).all(), regret
-    assert regret.mean() > 0.5, regret
+    # Up to the noise of a 32-sample ELBO difference with common random numbers (the ELBOs
+    # themselves are hundreds of nats).
+    assert (regret > -1.0).all(), regret
+    assert regret.mean() > 1.0, regret
 
 
 def test_regret_of_one_input_improves_its_own_elbo(model: BaseVAE, images: Tensor) -> None:
@@ -135,23 +145,25 @@ def test_regret_of_one_input_improves_its_own_elbo(model: BaseVAE, images: Tenso
     seeds = sample_seeds(torch.tensor([4]), 0)
     with torch.no_grad():
         before = seeded_elbo(model, x, model.encode(x), 64, seeds)
-    regret = likelihood_regret(model, x, steps=30, lr=1e-4, samples=64, seeds=seeds)
+    regret = likelihood_regret(model, x, steps=15, lr=1e-4, samples=64, seeds=seeds)
     assert regret.item() > 1.0
     torch.testing.assert_close(
-        likelihood_regret(model, x, 30, 1e-4, 64, seeds, original_elbo=before), regret
+        likelihood_regret(model, x, 15, 1e-4, 64, seeds, original_elbo=before), regret
     )
 
 
-def test_regret_leaves_the_model_and_random_state_unchanged(model: BaseVAE, images: Tensor) -> None:
+@pytest.mark.parametrize("variant", ["gaussian", "alexandroff_lipschitz"])
+def test_regret_leaves_the_model_and_random_state_unchanged(variant: str, images: Tensor) -> None:
+    model = fresh_model(variant)
     state = {key: value.clone() for key, value in model.state_dict().items()}
-    model.train()  # a caller's train mode must survive (and not update power-iteration buffers)
+    # A caller's train mode must survive, and must not let the Lipschitz layers update their
+    # power-iteration buffers.
+    model.train()
     model.decoder.eval()
     rng = torch.get_rng_state()
-    try:
-        likelihood_regret(model, images[:3], 3, 1e-2, 4, sample_seeds(torch.arange(3), 0))
-        assert model.training and model.encoder.training and not model.decoder.training
-    finally:
-        model.eval()
+    regret = likelihood_regret(model, images[:3], 3, 1e-2, 4, sample_seeds(torch.arange(3), 0))
+    assert torch.isfinite(regret).all()
+    assert model.training and model.encoder.training and not model.decoder.training
     assert torch.equal(torch.get_rng_state(), rng)
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -160,10 +172,10 @@ def test_regret_leaves_the_model_and_random_state_unchanged(model: BaseVAE, imag
 
 def test_regret_per_input_does_not_depend_on_the_batch(model: BaseVAE, images: Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stacked per-input copies with one Adam equal independent optimisations, one per input."""
-    seeds = sample_seeds(torch.arange(4), 3)
-    together = likelihood_regret(model, images[:4], 10, 1e-3, 16, seeds)
+    seeds = sample_seeds(torch.arange(3), 3)
+    together = likelihood_regret(model, images[:3], 5, 1e-3, 16, seeds)
     monkeypatch.setattr(regret_module, "_COPY_BUDGET_BYTES", 1)  # chunks of one input
-    alone = likelihood_regret(model, images[:4], 10, 1e-3, 16, seeds)
+    alone = likelihood_regret(model, images[:3], 5, 1e-3, 16, seeds)
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-3)
 
 
@@ -210,7 +222,9 @@ def test_tiny_run_reports_metrics_for_both_baselines(trained_run: tuple[Path, OO
 
 @pytest.mark.slow
 def test_regret_metrics_use_exactly_the_scored_subset(trained_run: tuple[Path, OODEvaluation]) -> None:
-    out_dir, evaluation = trained_run
+    out_dir, callback = trained_run
+    evaluation = callback.last_evaluation
+    assert evaluation is not None
     arrays = np.load(out_dir / "scores.npz")
     regret, index, dataset = arrays["score_likelihood_regret"], arrays["index"], arrays["dataset"]
     scored = index < REGRET_SUBSET
@@ -222,3 +236,12 @@ def test_regret_metrics_use_exactly_the_scored_subset(trained_run: tuple[Path, O
     # The other scores still use every input.
     full = roc_auc_score(dataset == 1, arrays["score_input_complexity"])
     assert evaluation.metrics["mnist"]["input_complexity"]["auroc"] == pytest.approx(full, abs=1e-9)
+
+
+def test_dashboard_roc_leaves_out_unscored_inputs() -> None:
+    """The dashboard draws a subset score from the inputs it scored (NaN elsewhere)."""
+    from callbacks.figures import roc_curve
+
+    inliers, outliers = np.array([0.1, 0.4, np.nan]), np.array([0.3, np.nan, 0.9])
+    for expected, measured in zip(roc_curve(inliers[:2], outliers[[0, 2]]), roc_curve(inliers, outliers)):
+        np.testing.assert_array_equal(expected, measured)

@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from experiments import train as train_cli
+from experiments.checkpoint_io import AtomicCheckpointIO, remove_partial_writes
 from tests.conftest import REPO_ROOT, tiny_overrides
-from tests.test_ddp import flat_metrics, load_results, run_command
+from tests.test_ddp import flat_metrics, load_results, one_thread_environment, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ def test_killed_run_resumes_to_the_uninterrupted_results(uninterrupted: Path, tm
     with open(tmp_path / "first.log", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "experiments.train", *tiny_overrides(out_dir, **SETTINGS)],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=one_thread_environment(),
         )
         killed_at = kill_inside_second_epoch(process, last)
     assert STEPS_PER_EPOCH < killed_at < 2 * STEPS_PER_EPOCH and not (out_dir / "results.json").exists()
@@ -106,3 +107,27 @@ def test_resume_without_a_checkpoint_names_the_fix(tmp_path: Path, capsys: pytes
     assert code == 2
     error = capsys.readouterr().err
     assert "resume=true" in error and "last.ckpt does not exist" in error and "without resume=true" in error
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1}, target)
+
+    def fail_halfway(checkpoint: dict, stream) -> None:  # type: ignore[no-untyped-def]
+        stream.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", fail_halfway)
+    with pytest.raises(OSError):
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
+    assert checkpoint_step(target) == 1
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_partial_writes_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    kept = [tmp_path / "last.ckpt", tmp_path / "results.json"]
+    strays = [tmp_path / ".last.ckpt.4242.tmp", tmp_path / ".results.json.k3j2.tmp"]
+    for path in kept + strays:
+        path.write_bytes(b"x")
+    remove_partial_writes(tmp_path, tmp_path / "missing")
+    assert sorted(tmp_path.iterdir()) == sorted(kept)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from matplotlib.image import imread
@@ -43,7 +45,8 @@ def trial_overrides() -> list[str]:
 
 def run_sweep(sweep_file: Path, sweep_dir: Path) -> tuple[int, str]:
     output = io.StringIO()
-    with contextlib.redirect_stdout(output):
+    # Trials inherit the environment: one OpenMP thread each (see tests/test_ddp.py).
+    with contextlib.redirect_stdout(output), mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
         code = sweep_cli.run_cli(sweep_cli.main, [str(sweep_file), f"sweep_dir={sweep_dir}", *trial_overrides()])
     return code, output.getvalue()
 

@@ -20,7 +20,14 @@ SCORES = ["neg_elbo", "iwae_nll", "recon", "latent_norm", "hole_posterior", "hol
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     out_dir = tmp_path_factory.mktemp("run") / "out"
-    overrides = tiny_overrides(out_dir, **{"scores.names": "[" + ",".join(SCORES) + "]"})
+    overrides = tiny_overrides(
+        out_dir,
+        **{
+            "scores.names": "[" + ",".join(SCORES) + "]",
+            "model.variant": "alexandroff_lipschitz",
+            "model.lipschitz": "1.0",
+        },
+    )
     assert train_cli.run_cli(train_cli.main, overrides) == 0
     return out_dir
 
@@ -56,7 +63,7 @@ def test_results_json_has_every_key(trained_run: Path) -> None:
     assert {"experiment", "seed", "model", "metrics", "timing", "versions"} <= set(results)
     assert results["experiment"] == "fmnist_vs_mnist"
     assert set(results["model"]) >= {"variant", "latent_dim", "lipschitz", "certified_lipschitz", "latent_radius_bound"}
-    assert results["model"]["variant"] == "alexandroff_lipschitz"  # the default experiment's
+    assert results["model"]["variant"] == "alexandroff_lipschitz"
     assert results["model"]["certified_lipschitz"] <= results["model"]["lipschitz"] * (1 + 1e-3)
     assert results["bound_violations"] == {"fashion_mnist": 0, "mnist": 0}
     assert list(results["metrics"]) == ["mnist"]
@@ -82,14 +89,17 @@ def test_checkpoints_and_wandb_offline_run_are_written(trained_run: Path) -> Non
 
 def test_evaluate_scores_new_outlier_sets_from_the_checkpoint(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "eval"
-    outliers = f"[mnist,hflip,gaussian_noise,digits={data_dir / 'mnist'}]"
+    outliers = f"[mnist,hflip,gaussian_noise,uniform_noise,constant,digits={data_dir / 'mnist'}]"
     code = evaluate_cli.run_cli(
         evaluate_cli.main,
         [f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", f"out_dir={out_dir}", f"data.outliers={outliers}", "logger.mode=disabled"],
     )
     assert code == 0
     results = load_results(out_dir)
-    assert list(results["metrics"]) == ["mnist", "hflip", "gaussian_noise", "digits"]
+    assert list(results["metrics"]) == ["mnist", "hflip", "gaussian_noise", "uniform_noise", "constant", "digits"]
+    # The certified latent ball holds every encoding: inliers, outliers and noise images.
+    assert set(results["bound_violations"]) == {"fashion_mnist", *results["metrics"]}
+    assert set(results["bound_violations"].values()) == {0}
     # The IDX directory given by path is the same MNIST test set as the named one.
     assert results["metrics"]["digits"] == results["metrics"]["mnist"]
     assert_metrics_match_sklearn(out_dir)

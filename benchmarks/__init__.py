@@ -1,0 +1,1 @@
+"""Benchmark scripts (not tests): each writes one JSON file to benchmarks/results/."""

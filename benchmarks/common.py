@@ -1,0 +1,141 @@
+"""What every benchmark shares: hardware facts, robust timing, peak-memory probes, JSON output.
+
+Timings on a shared machine are noisy, so comparisons are made inside one process, with the
+contenders interleaved round by round, and reported as medians (of times and of per-round
+ratios). Memory is the resident-set high-water mark (VmHWM) of a fresh process: tracemalloc does
+not see PyTorch's or faiss's native allocations, and a fresh process keeps one measurement's
+allocations out of the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_DEFAULT_TORCH_THREADS = torch.get_num_threads()
+# The offline datasets beside the repository, as in tests/conftest.py; DATA_DIR overrides it.
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def default_config(*overrides: str) -> Any:
+    """The default experiment's validated config (what `experiments.train` would run), plus overrides."""
+    from experiments.train import load_train_config
+
+    os.environ.setdefault("DATA_DIR", str(DEFAULT_DATA_DIR))
+    return load_train_config(["out_dir=unused-by-benchmarks", "logger.mode=disabled", *overrides])
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform module only knows the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info() -> dict[str, Any]:
+    """Where a result was measured: CPU, cores, threads, load, library versions."""
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average": load_average(),
+        "torch_threads_default": _DEFAULT_TORCH_THREADS,
+        # libgomp's default (active) waiting spins at every parallel-region barrier; on a machine
+        # whose cores are shared with other jobs that alone can slow many-region code by 10x.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    for package in ("pytorch-lightning", "numpy", "faiss-cpu", "scikit-learn", "pillow"):
+        try:
+            info[f"{package}_version"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[f"{package}_version"] = None
+    return info
+
+
+def load_average() -> Optional[list[float]]:
+    """1, 5 and 15 minute load averages: how busy the shared machine was (other jobs included)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def result_path(name: str) -> Path:
+    return RESULTS_DIR / f"{name}.json"
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` with the hardware facts and the time of writing."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = result_path(name)
+    document = {
+        "benchmark": name,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "hardware": hardware_info(),
+        **payload,
+    }
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def interleaved_times(
+    contenders: dict[str, Callable[[], Any]], repeats: int, budget_s: float = float("inf")
+) -> dict[str, list[float]]:
+    """Wall times of each contender over ``repeats`` rounds, the order rotating every round.
+
+    Rotating the order spreads slow phases of a shared machine evenly over the contenders. No new
+    round starts once ``budget_s`` seconds have passed (at least one round always runs), so a huge
+    case measures fewer rounds instead of running for an hour.
+    """
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    started_all = time.perf_counter()
+    for round_index in range(repeats):
+        if round_index and time.perf_counter() - started_all > budget_s:
+            break
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def summary(times: list[float]) -> dict[str, Any]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "all_s": times}
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median of the per-round ratios: robust to a slow phase that hits one round."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's VmHWM to its current RSS (Linux clear_refs 5); returns RSS in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss() -> int:
+    """This process's resident-set high-water mark in bytes."""
+    return _status_kib("VmHWM") * 1024
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line (Linux only)")
