@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, Timer
+from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -65,6 +65,8 @@ class OODEvaluation(Callback):
         self.run_info = run_info or {}
         self._records: list[dict[str, Tensor]] = []
         self._started = 0.0
+        self._train_started: Optional[float] = None
+        self.train_seconds: Optional[float] = None
         self.last_evaluation: Optional[Evaluation] = None
 
     # ------------------------------------------------------------------ when to run
@@ -95,6 +97,15 @@ class OODEvaluation(Callback):
                 **{name: value.double() for name, value in scores.items()},
             }
         )
+
+    # Lightning's Timer callback restores its elapsed time from the checkpoint that test() loads
+    # and would count the training time up to that checkpoint twice; this clock is not restored.
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_started = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._train_started is not None:
+            self.train_seconds = time.perf_counter() - self._train_started
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(trainer, "val")
@@ -231,7 +242,6 @@ class OODEvaluation(Callback):
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, evaluation: Evaluation, test_seconds: float) -> None:
         columns = evaluation.columns
         sizes = {name: int((columns["dataset"] == set_id).sum()) for set_id, name in enumerate(evaluation.set_names)}
-        timers = [callback for callback in trainer.callbacks if isinstance(callback, Timer)]
         results = {
             "experiment": self.run_info.get("experiment"),
             "seed": self.run_info.get("seed"),
@@ -241,7 +251,7 @@ class OODEvaluation(Callback):
             "metrics": evaluation.metrics,
             "bound_violations": evaluation.bound_violations,
             "timing": {
-                "train_seconds": timers[0].time_elapsed("train") if timers else None,
+                "train_seconds": self.train_seconds,
                 "test_seconds": test_seconds,
                 "test_images_per_second": sum(sizes.values()) / max(test_seconds, 1e-9),
             },

@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, Timer
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -130,7 +130,7 @@ def train(config: DictConfig) -> tuple[Path, OODEvaluation]:
     # A resumed run skips the sanity check: its certificate refresh would move the restored
     # power-iteration state and the run would no longer follow the uninterrupted one.
     resume_settings = {"num_sanity_val_steps": 0} if resume_from else {}
-    trainer = build_trainer(config, out_dir, [best, resume_point, Timer(), evaluation, Dashboard(config.plots, evaluation, out_dir)], logger, **resume_settings)
+    trainer = build_trainer(config, out_dir, [best, resume_point, evaluation, Dashboard(config.plots, evaluation, out_dir)], logger, **resume_settings)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
         trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None)
