@@ -12,7 +12,7 @@ export WANDB_SILENT ?= true
 # OpenMP threads that spin after each op steal the cores from the working ones on a small CPU.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench quality report clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ bench: install
 	$(PY) -m benchmarks.training_loop
 	$(PY) -m benchmarks.scoring
 	$(PY) -m benchmarks.end_to_end
+	$(PY) -m benchmarks.report
+
+# Every variant x 3 seeds on every benchmark (about an hour on 2 cores), then the README tables.
+quality: install
+	$(PY) -m benchmarks.quality $(ARGS)
+	$(PY) -m benchmarks.report
+
+report: install
+	$(PY) -m benchmarks.report
 
 clean:
 	rm -rf outputs wandb lightning_logs .pytest_cache

@@ -77,10 +77,11 @@ def result_path(name: str) -> Path:
     return RESULTS_DIR / f"{name}.json"
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` with the hardware facts and the time of writing."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = result_path(name)
+def write_result(name: str, payload: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    """Write ``<directory>/<name>.json`` (``benchmarks/results/`` by default) with the hardware
+    facts and the time of writing."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     document = {
         "benchmark": name,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

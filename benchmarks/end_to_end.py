@@ -5,7 +5,7 @@
 Runs ``python -m experiments.train experiments/configs/fmnist_vs_mnist.yaml out_dir=DIR [key=value
 ...]`` in a subprocess (W&B offline; ``DATA_DIR`` defaults to the offline datasets beside the
 repository) and records its wall time, exit status and the ``timing`` block of the run's
-``results.json`` (training and test seconds as the run measured them). This takes many minutes on a
+``results.json`` (training and test seconds as the run measured them) and its metrics. This takes many minutes on a
 CPU: the default experiment trains the full Fashion-MNIST split for several epochs.
 """
 
@@ -49,6 +49,7 @@ def main() -> None:
             "out_dir": str(out_dir),
             "run_timing": results.get("timing"),
             "model": results.get("model"),
+            "metrics": results.get("metrics"),
         },
     )
     print(f"{wall:.1f} s wall (exit status {completed.returncode}); wrote {path}")

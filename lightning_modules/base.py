@@ -172,14 +172,7 @@ class BaseVAE(pl.LightningModule):
         """
         if seeds is None:
             return encoding.posterior.rsample((samples,))
-        device = encoding.mean.device
-        draws = []
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for row, seed in enumerate(seeds.tolist()):
-                torch.manual_seed(seed)
-                single = self.latent.posterior(encoding.mean[row : row + 1], encoding.scale[row : row + 1])
-                draws.append(single.rsample((samples,)))
-        return torch.cat(draws, dim=1)
+        return self.latent.rsample_seeded(encoding.posterior, samples, seeds)
 
     def importance_samples(
         self, x: Tensor, samples: int, encoding: Optional[Encoding] = None, seeds: Optional[Tensor] = None

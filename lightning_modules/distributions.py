@@ -12,6 +12,7 @@ Notation used throughout: ``m`` is the *ambient* dimension, the sphere is S^(m-1
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -23,6 +24,7 @@ __all__ = [
     "PowerSpherical",
     "inverse_stereographic",
     "log_sphere_area",
+    "seeded_draws",
     "stereographic",
     "unit_sphere",
 ]
@@ -99,6 +101,22 @@ def stereographic(z: Tensor) -> Tensor:
     u = torch.where(upper, u_upper, u_lower)
     at_pole = upper & (x_norm == 0)
     return torch.where(at_pole, torch.full_like(u, math.inf), u)
+
+
+def seeded_draws(
+    seeds: Tensor,
+    device: torch.device,
+    draw: Callable[[torch.Generator, int], tuple[Tensor, ...]],
+) -> tuple[Tensor, ...]:
+    """``draw(generator, row)`` for every row, its generator seeded with ``seeds[row]``; each part
+    stacked along dimension 1 (after the sample dimension).
+
+    Only the random draws are made row by row — a few small kernels each, microseconds — so that
+    a row's noise depends on its seed alone; everything computed from the noise stays batched.
+    """
+    generator = torch.Generator(device=device)
+    rows = [draw(generator.manual_seed(int(seed)), row) for row, seed in enumerate(seeds.tolist())]
+    return tuple(torch.stack(parts, dim=1) for parts in zip(*rows))
 
 
 class _UnitSphere(constraints.Constraint):
@@ -242,29 +260,67 @@ class PowerSpherical(Distribution):
 
         t = loc . z = 2B - 1 with B ~ Beta(alpha, beta). For large kappa, B is within 1e-5 of 1
         and 1 - B would be lost to rounding, so the complement C = 1 - B ~ Beta(beta, alpha) is
-        drawn directly: t = 1 - 2C and sqrt(1 - t^2) = 2 sqrt(C (1 - C)) keep full relative
-        precision. Gradients with respect to kappa flow through torch's implicit Beta
-        reparameterisation.
-
-        The point y = (t, sqrt(1 - t^2) v), v uniform on S^(m-2), is then moved by a Householder
-        reflection H = I - 2 w w^T / |w|^2. Reflecting e1 onto loc (w = e1 - loc) is ill
-        conditioned when loc ~ e1 (w ~ 0, and |w|^2 = 2 w_1 only holds for exactly unit loc).
-        When loc_1 >= 0 we instead reflect -e1 onto loc (w = e1 + loc) and flip the sign of t;
-        either way |w|^2 >= 2. The result is the image of y under an orthogonal map sending the
-        pole to loc, which is all the rotational symmetry of the density requires.
+        drawn directly (see ``_place``). Gradients with respect to kappa flow through torch's
+        implicit Beta reparameterisation.
         """
         shape = self._extended_shape(sample_shape)
         alpha, beta = self._alpha_beta()
         complement = Beta(torch.full_like(alpha, beta), alpha, validate_args=False).rsample(
             sample_shape
         )
-        complement = complement.clamp(min=torch.finfo(complement.dtype).tiny).unsqueeze(-1)
-        t = 1.0 - 2.0 * complement
-        radial = 2.0 * torch.sqrt(complement * (1.0 - complement))
-
         direction = torch.randn(
             shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device
         )
+        return self._place(complement, direction)
+
+    def rsample_seeded(self, samples: int, seeds: Tensor) -> Tensor:
+        """``samples`` reparameterised draws per distribution, [samples, B, m], for batch shape (B,).
+
+        Row i draws only from a generator seeded with ``seeds[i]``, so its sample does not depend
+        on the other rows — which batch or process it was scored in. The distribution is that of
+        ``rsample``, with the Beta draw written through Gammas (torch's Beta takes no generator):
+        C = G_beta / (G_beta + G_alpha) ~ Beta(beta, alpha), G_alpha carrying the implicit
+        reparameterisation gradient d G / d alpha of torch's own Gamma sampler, so gradients
+        reach kappa here too.
+        """
+        if len(self.batch_shape) != 1 or seeds.shape != self.batch_shape:
+            raise ValueError(
+                f"rsample_seeded needs one seed per distribution of a 1-D batch; got batch shape "
+                f"{tuple(self.batch_shape)} and seeds of shape {tuple(seeds.shape)}"
+            )
+        alpha, beta = self._alpha_beta()
+        fixed_alpha = alpha.detach()
+        beta_shape = torch.full((samples,), beta, dtype=self.loc.dtype, device=self.loc.device)
+
+        def draw(generator: torch.Generator, row: int) -> tuple[Tensor, ...]:
+            # torch's Gamma distribution takes no generator; its sampler kernel does.
+            gamma_alpha = torch._standard_gamma(fixed_alpha[row].expand(samples), generator=generator)
+            gamma_beta = torch._standard_gamma(beta_shape, generator=generator)
+            direction = torch.randn(
+                samples, self.dim - 1, generator=generator, dtype=self.loc.dtype, device=self.loc.device
+            )
+            return gamma_alpha, gamma_beta, direction
+
+        gamma_alpha, gamma_beta, direction = seeded_draws(seeds, self.loc.device, draw)
+        if alpha.requires_grad:
+            slope = torch._standard_gamma_grad(fixed_alpha.expand_as(gamma_alpha), gamma_alpha)
+            gamma_alpha = gamma_alpha + (alpha - fixed_alpha) * slope
+        return self._place(gamma_beta / (gamma_beta + gamma_alpha), direction)
+
+    def _place(self, complement: Tensor, direction: Tensor) -> Tensor:
+        """The sample with 1 - loc . z = 2 ``complement`` and tangential part along ``direction``.
+
+        t = 1 - 2C and sqrt(1 - t^2) = 2 sqrt(C (1 - C)) keep full relative precision for tiny C.
+        The point y = (t, sqrt(1 - t^2) v), v = direction / |direction| uniform on S^(m-2), is then
+        moved by a Householder reflection H = I - 2 w w^T / |w|^2. Reflecting e1 onto loc
+        (w = e1 - loc) is ill conditioned when loc ~ e1 (w ~ 0, and |w|^2 = 2 w_1 only holds for
+        exactly unit loc). When loc_1 >= 0 we instead reflect -e1 onto loc (w = e1 + loc) and flip
+        the sign of t; either way |w|^2 >= 2. The result is the image of y under an orthogonal map
+        sending the pole to loc, which is all the rotational symmetry of the density requires.
+        """
+        complement = complement.clamp(min=torch.finfo(complement.dtype).tiny).unsqueeze(-1)
+        t = 1.0 - 2.0 * complement
+        radial = 2.0 * torch.sqrt(complement * (1.0 - complement))
         direction = direction / _stable_norm(direction).unsqueeze(-1)
 
         first = self.loc[..., :1]

@@ -17,6 +17,7 @@ from lightning_modules.distributions import (
     HypersphericalUniform,
     PowerSpherical,
     inverse_stereographic,
+    seeded_draws,
 )
 
 
@@ -33,6 +34,8 @@ class LatentSpace(Protocol):
     def distance_from_centre(self, mean: Tensor) -> Tensor: ...
 
     def prior(self, reference: Tensor) -> Distribution: ...
+
+    def rsample_seeded(self, posterior: Distribution, samples: int, seeds: Tensor) -> Tensor: ...
 
 
 class EuclideanLatent:
@@ -57,6 +60,18 @@ class EuclideanLatent:
     def prior(self, reference: Tensor) -> Distribution:
         zeros = torch.zeros(self.ambient_dim, dtype=reference.dtype, device=reference.device)
         return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+
+    def rsample_seeded(self, posterior: Distribution, samples: int, seeds: Tensor) -> Tensor:
+        """[samples, B, d] draws mean + std * eps, each row's eps from its own seeded generator."""
+        normal = posterior.base_dist
+        (noise,) = seeded_draws(
+            seeds,
+            normal.loc.device,
+            lambda generator, _: (
+                torch.randn(samples, self.ambient_dim, generator=generator, dtype=normal.loc.dtype, device=normal.loc.device),
+            ),
+        )
+        return normal.loc + normal.scale * noise
 
 
 class SphereLatent:
@@ -91,3 +106,5 @@ class SphereLatent:
             self.ambient_dim, device=reference.device, dtype=reference.dtype
         )
 
+    def rsample_seeded(self, posterior: Distribution, samples: int, seeds: Tensor) -> Tensor:
+        return posterior.rsample_seeded(samples, seeds)

@@ -24,6 +24,16 @@ F64 = torch.float64
 CASES = [(2, 0.5), (3, 4.0), (3, 60.0), (10, 25.0), (65, 3.0), (129, 500.0)]
 
 
+SAMPLERS = ["rsample", "rsample_seeded"]
+
+
+def draw(q: PowerSpherical, samples: int, sampler: str) -> torch.Tensor:
+    """[samples, *batch, m] from the global-RNG sampler or the per-row seeded one (1-D batch)."""
+    if sampler == "rsample":
+        return q.rsample((samples,))
+    return q.rsample_seeded(samples, torch.arange(q.batch_shape[0]) + 1000)
+
+
 def random_loc(m: int, batch: int = 1, seed: int = 0, dtype: torch.dtype = F64) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(batch, m, generator=generator, dtype=dtype), dim=-1)
@@ -63,13 +73,15 @@ def test_uniform_entropy_and_log_prob_match_sphere_area() -> None:
     assert torch.allclose(p.entropy(), torch.tensor(math.log(4 * math.pi), dtype=F64))
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize(("m", "kappa"), [(2, 1.0), (5, 20.0), (64, 1e4)])
-def test_samples_on_sphere_and_mean(dtype: torch.dtype, m: int, kappa: float) -> None:
+def test_samples_on_sphere_and_mean(dtype: torch.dtype, m: int, kappa: float, sampler: str) -> None:
     torch.manual_seed(1)
     loc = random_loc(m, batch=3, seed=2, dtype=dtype)
     q = PowerSpherical(loc, torch.full((3,), kappa, dtype=dtype))
-    z = q.sample((20000,))
+    with torch.no_grad():
+        z = draw(q, 20000, sampler)
     assert z.shape == (20000, 3, m)
     assert (z.norm(dim=-1) - 1).abs().max() < 1e-5
     se = z.double().std(dim=0) / math.sqrt(z.shape[0])
@@ -122,18 +134,35 @@ def test_rsample_gradients_reach_loc_and_scale() -> None:
         assert grad is not None and torch.isfinite(grad).all() and (grad != 0).all()
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize(("m", "kappa"), [(3, 2.0), (20, 50.0)])
-def test_rsample_kappa_gradient_is_unbiased(m: int, kappa: float) -> None:
+def test_rsample_kappa_gradient_is_unbiased(m: int, kappa: float, sampler: str) -> None:
     # d/dkappa E[loc . z] = d/dkappa kappa / (kappa + m - 1) = (m - 1) / (kappa + m - 1)^2.
     torch.manual_seed(4)
     n = 40000
     loc = random_loc(m, seed=5).expand(n, m)
     scale = torch.full((n,), kappa, dtype=F64, requires_grad=True)
-    z = PowerSpherical(loc, scale).rsample()
+    z = draw(PowerSpherical(loc, scale), 1, sampler)[0]
     (z * loc).sum().backward()
     per_sample = scale.grad
     mc, se = per_sample.mean().item(), per_sample.std().item() / math.sqrt(n)
     assert abs(mc - (m - 1) / (kappa + m - 1) ** 2) <= 5 * se
+
+
+def test_seeded_draws_of_a_row_do_not_depend_on_the_other_rows() -> None:
+    loc, kappa = random_loc(6, batch=4, seed=7), torch.tensor([1.0, 5.0, 80.0, 3e3], dtype=F64)
+    seeds = torch.tensor([11, 12, 13, 14])
+    together = PowerSpherical(loc, kappa).rsample_seeded(8, seeds)
+    alone = PowerSpherical(loc[2:3], kappa[2:3]).rsample_seeded(8, seeds[2:3])
+    assert torch.equal(together[:, 2:3], alone)
+    assert torch.equal(together, PowerSpherical(loc, kappa).rsample_seeded(8, seeds))
+    assert not torch.equal(together, PowerSpherical(loc, kappa).rsample_seeded(8, seeds + 4))
+
+
+def test_seeded_sampler_needs_one_seed_per_row() -> None:
+    q = PowerSpherical(random_loc(3, batch=2), torch.ones(2, dtype=F64))
+    with pytest.raises(ValueError, match="one seed per distribution"):
+        q.rsample_seeded(4, torch.arange(3))
 
 
 def test_sampler_is_stable_when_loc_is_a_pole() -> None:

@@ -1,0 +1,199 @@
+"""The quality table: every variant x several seeds on every benchmark, every score, one command.
+
+    python -m benchmarks.quality [--seeds N] [--jobs J] [--out-dir DIR] [key=value ...]
+                                 [--variants V ...] [--benchmarks B ...] [--results-dir DIR]
+
+Benchmarks (`BENCHMARKS`): Fashion-MNIST inliers against MNIST digits and the five transforms of
+the inlier test set (hflip, vflip, gaussian_noise, uniform_noise, constant), evaluated in one run
+per model; and MNIST inliers against Fashion-MNIST. Every variant of `lightning_modules.VARIANTS`
+(L = 1 for the Lipschitz ones; `--variants` / `--benchmarks` pick a part) is trained with seeds 0..N-1 on each, through `experiments.train`
+with the default experiment's config, `BUDGET` and the `key=value` overrides given here (e.g.
+`trainer.max_epochs=3 data.max_eval_samples=null` for the full default budget).
+
+Trials run as subprocesses, J at a time, each with cores/J OpenMP threads (small convolutions use
+two single-threaded processes better than one two-threaded one). Each trial's results.json and log
+land in DIR/<trial>/; a trial whose results.json exists is not run again, so a re-run finishes an
+interrupted table. Then `benchmarks/results/quality.json` (every trial's metrics, the protocol,
+the hardware, the wall time) and `benchmarks/results/quality.md` (mean and standard deviation
+over seeds of AUROC, AUPR-In and FPR95 per benchmark, score and variant) are written; `python -m
+benchmarks.report` copies the table into the README.
+
+Outlier labels are used only here, for the metrics: model selection never sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, write_result
+from callbacks.outputs import atomic_open
+from experiments.sweep import Trial, run_trial
+from lightning_modules import VARIANTS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = "experiments/configs/fmnist_vs_mnist.yaml"
+TRANSFORMS = ["hflip", "vflip", "gaussian_noise", "uniform_noise", "constant"]
+# name -> data overrides; the transforms share the Fashion-MNIST models (one training, 7 sets).
+BENCHMARKS: dict[str, list[str]] = {
+    "fashion_mnist": ["experiment=quality_fashion_mnist", "data.inlier=fashion_mnist", f"data.outliers=[{','.join(['mnist', *TRANSFORMS])}]"],
+    "mnist": ["experiment=quality_mnist", "data.inlier=mnist", "data.outliers=[fashion_mnist]"],
+}
+SCORES = ["hole_knn", "hole_posterior", "neg_elbo", "iwae_nll", "recon", "latent_norm", "input_complexity", "likelihood_regret"]
+# The default experiment's training (3 epochs) and scoring (the full 54,000-latent hole_knn
+# reference, K = 16 samples), with the evaluation cut to fit a 2-core CPU (about an hour for the
+# 24 trials of 3 seeds): a seeded 2,000-image subset of every evaluation set, likelihood regret on
+# the first 100 images of each.
+BUDGET = [
+    "data.max_eval_samples=2000",
+    "scores.regret_max_samples=100",
+    f"scores.names=[{','.join(SCORES)}]",
+    "plots.enabled=false",
+    "logger.mode=disabled",
+]
+METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "fpr95": "FPR95"}
+
+
+@dataclass
+class QualityTrial:
+    benchmark: str
+    variant: str
+    seed: int
+    trial: Trial
+
+
+def variant_overrides(variant: str) -> list[str]:
+    lipschitz = VARIANTS[variant].lipschitz_encoder
+    return [f"model.variant={variant}", f"model.lipschitz={1.0 if lipschitz else 'null'}"]
+
+
+def make_trials(seeds: int, out_dir: Path, variants: list[str], benchmarks: list[str]) -> list[QualityTrial]:
+    """Seed-major order: an interrupted table has whole seeds of every benchmark and variant."""
+    trials = []
+    for seed in range(seeds):
+        for benchmark in benchmarks:
+            for variant in variants:
+                name = f"{benchmark}_{variant}_seed{seed}"
+                parameters = {"benchmark": benchmark, "variant": variant, "seed": seed}
+                trials.append(QualityTrial(benchmark, variant, seed, Trial(name, parameters, out_dir / name)))
+    return trials
+
+
+def trial_command(quality_trial: QualityTrial, overrides: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "experiments.train", str(REPO_ROOT / DEFAULT_CONFIG),
+        *BENCHMARKS[quality_trial.benchmark], *variant_overrides(quality_trial.variant), *BUDGET, *overrides,
+        f"seed={quality_trial.seed}", f"out_dir={quality_trial.trial.out_dir}",
+    ]  # fmt: skip
+
+
+def run_all(trials: list[QualityTrial], overrides: list[str], jobs: int, log_dir: Path) -> None:
+    def run(quality_trial: QualityTrial) -> None:
+        trial = quality_trial.trial
+        run_trial(trial, trial_command(quality_trial, overrides), log_dir / f"{trial.name}.log")
+        detail = f"failed (exit {trial.returncode}): {trial.error}" if trial.status == "failed" else f"{trial.status} {trial.seconds or ''}"
+        print(f"{trial.name}: {detail}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(run, trials))
+
+
+def aggregate(trials: list[QualityTrial]) -> dict[str, Any]:
+    """{benchmark: {outlier: {score: {variant: {metric: {mean, std, seeds}}}}}} over finished trials."""
+    values: dict[tuple[str, str, str, str, str], list[float]] = {}
+    for quality_trial in trials:
+        for key, value in quality_trial.trial.metrics.items():
+            parts = key.split("/")  # test/<outlier>/<score>/<metric>
+            if len(parts) == 4 and parts[3] in METRICS:
+                values.setdefault((quality_trial.benchmark, parts[1], parts[2], quality_trial.variant, parts[3]), []).append(value)
+    table: dict[str, Any] = {}
+    for (benchmark, outlier, score, variant, metric), found in values.items():
+        spread = statistics.pstdev(found) if len(found) > 1 else 0.0
+        cell = {"mean": statistics.fmean(found), "std": spread, "seeds": len(found)}
+        table.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(score, {}).setdefault(variant, {})[metric] = cell
+    return table
+
+
+def markdown(table: dict[str, Any], variants: list[str]) -> str:
+    """One table per metric: a row per (inliers, outliers, score), a column per variant."""
+    sections = []
+    for metric, title in METRICS.items():
+        lines = [
+            f"**{title}** (mean ± std over seeds{'; lower is better' if metric == 'fpr95' else ''})",
+            "",
+            "| inliers | outliers | score | " + " | ".join(f"`{variant}`" for variant in variants) + " |",
+            "|---|---|---|" + "---|" * len(variants),
+        ]
+        for benchmark, by_outlier in table.items():
+            for outlier, by_score in by_outlier.items():
+                for score in [name for name in SCORES if name in by_score]:
+                    cells = []
+                    for variant in variants:
+                        cell = by_score[score].get(variant, {}).get(metric)
+                        cells.append("n/a" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}")
+                    lines.append(f"| {benchmark} | {outlier} | `{score}` | " + " | ".join(cells) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"
+
+
+def main(arguments: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out-dir", type=Path, default=Path("outputs/quality"))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where quality.json and quality.md go")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every trial")
+    args = parser.parse_args(arguments)
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error(f"--seeds ({args.seeds}) and --jobs ({args.jobs}) must be at least 1")
+    os.environ.setdefault("DATA_DIR", str(DEFAULT_DATA_DIR))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    trials = make_trials(args.seeds, args.out_dir, args.variants, args.benchmarks)
+    started = time.perf_counter()
+    run_all(trials, args.overrides, args.jobs, args.out_dir / "logs")
+    wall_s = time.perf_counter() - started
+    table = aggregate(trials)
+    ran = [quality_trial.trial for quality_trial in trials if quality_trial.trial.status == "completed"]
+    result = {
+        "command": " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
+        "protocol": {
+            "config": DEFAULT_CONFIG,
+            "benchmarks": {benchmark: BENCHMARKS[benchmark] for benchmark in args.benchmarks},
+            "variants": {variant: variant_overrides(variant) for variant in args.variants},
+            "budget": BUDGET,
+            "overrides": args.overrides,
+            "seeds": args.seeds,
+            "jobs": args.jobs,
+            "omp_num_threads": os.environ["OMP_NUM_THREADS"],
+        },
+        "wall_s": wall_s,
+        "trials_run": len(ran),
+        "trial_seconds": sum(trial.seconds or 0.0 for trial in ran),
+        "trials": [
+            {**quality_trial.trial.parameters, "status": quality_trial.trial.status, "seconds": quality_trial.trial.seconds, "metrics": quality_trial.trial.metrics}
+            for quality_trial in trials
+        ],
+        "table": table,
+    }
+    path = write_result("quality", result, args.results_dir)
+    with atomic_open(args.results_dir / "quality.md", "w") as stream:
+        stream.write(markdown(table, args.variants))
+    failed = [quality_trial.trial.name for quality_trial in trials if quality_trial.trial.status == "failed"]
+    print(f"{len(ran)} trials run in {wall_s:.0f} s; wrote {path} and {args.results_dir / 'quality.md'}")
+    if failed:
+        sys.exit(f"{len(failed)} trials failed: {', '.join(failed)}; their logs are in {args.out_dir / 'logs'}. Fix the cause and run the same command again (finished trials are skipped).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Render the README's Results (quality) and Performance tables from `benchmarks/results/*.json`.
+
+    python -m benchmarks.report [--check]
+
+The README holds each table between `<!-- report:NAME -->` and `<!-- /report:NAME -->` markers;
+this script rewrites what lies between them from the JSON files the benchmark scripts wrote, so
+the quoted numbers are exactly the measured ones. `--check` changes nothing and exits with status
+1 if the README differs from what the results say (the test suite runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks.common import RESULTS_DIR
+from callbacks.outputs import atomic_open
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+KNN_CASES = {"60k_x_20k_d17": "60k ref x 20k queries, d=17", "60k_x_20k_d65": "60k ref x 20k queries, d=65", "1M_x_10k_d17": "1M ref x 10k queries, d=17"}
+
+
+def load(name: str) -> dict[str, Any]:
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run `python -m benchmarks.{name}` (see benchmarks/README.md) to measure it.")
+    return json.loads(path.read_text())
+
+
+def machine(result: dict[str, Any]) -> str:
+    load_average = result["hardware"].get("load_average") or []
+    load_text = f", load average {load_average[0]:.1f} when it ended" if load_average else ""
+    return describe_hardware(result["hardware"]) + load_text
+
+
+def machines(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """One line for the machines of several results; the CPU and torch named once when shared."""
+    described = {describe_hardware(result["hardware"]) for _, result in results}
+    loads = ", ".join(f"{name} {(result['hardware'].get('load_average') or [float('nan')])[0]:.1f}" for name, result in results)
+    if len(described) == 1:
+        return f"Machine: {described.pop()}; load average when each ended: {loads}."
+    return "Machines: " + "; ".join(f"{name} {machine(result)}" for name, result in results) + "."
+
+
+def describe_hardware(hardware: dict[str, Any]) -> str:
+    return f"{hardware['cpu_model']}, {hardware['cpu_count']} cores, torch {hardware['torch_version']}"
+
+
+def seconds(value: float) -> str:
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def megabytes(value: int) -> str:
+    return f"{value / 1e6:.0f} MB"
+
+
+def threads_label(key: str) -> str:
+    count, _, policy = key.partition(" ")
+    return f"{count} thread{'s' if count != '1' else ''}" + (" (`OMP_WAIT_POLICY=PASSIVE`)" if policy else "")
+
+
+def knn_rows(result: dict[str, Any]) -> list[str]:
+    rows = []
+    for case, label in KNN_CASES.items():
+        for key, measured in result["cases"].get(case, {}).get("by_threads", {}).items():
+            times = {name: value["median_s"] for name, value in measured["times"].items()}
+            memory = measured.get("peak_extra_bytes", {})
+            agree = min(value["same_up_to_ties"] for value in measured["agreement_with_hole_knn"].values())
+            ours = f"{seconds(times['hole_knn'])}" + (f", {megabytes(memory['hole_knn'])} peak extra" if memory else "")
+            theirs = f"faiss `IndexFlatL2` {seconds(times['faiss'])}" + (f" ({megabytes(memory['faiss'])})" if memory else "") + f", sklearn brute {seconds(times['sklearn'])}"
+            rows.append(
+                f"| `hole_knn` search, {label}, k={result['k']}, {threads_label(key)} | {ours} | {theirs} | "
+                f"{measured['ratio_to_faiss']['hole_knn']:.2f}x faiss; same neighbours up to ties: {agree:.0%} of queries |"
+            )
+    return rows
+
+
+def performance() -> str:
+    knn, training, scoring = load("knn_search"), load("training_loop"), load("scoring")
+    posterior = scoring["hole_posterior"]
+    regret = scoring["likelihood_regret"]
+    throughput = {**scoring["scores_images_per_second"], "hole_knn": scoring["hole_knn"]["images_per_second"]}
+    rates = ", ".join(f"`{name}` {value:.0f}" for name, value in sorted(throughput.items(), key=lambda item: -item[1]))
+    lines = [
+        "| what | ours | reference | ratio |",
+        "|---|---|---|---|",
+        *knn_rows(knn),
+        f"| one training epoch ({training['batches_per_epoch']} batches of {training['batch_size']}, `{training['model']['variant']}`) | "
+        f"Lightning {seconds(training['times']['lightning']['median_s'])} | bare PyTorch loop {seconds(training['times']['bare']['median_s'])} | "
+        f"{training['ratio_lightning_to_bare']:.2f}x |",
+        f"| `hole_posterior`, K = {posterior['samples']}, batch {scoring['images']} | {seconds(posterior['score_s'])} | "
+        f"its limit (encoder + K draws + decoder) {seconds(posterior['limit_s'])} | {posterior['fraction_of_limit']:.2f} of the limit |",
+    ]
+    end_to_end_path = RESULTS_DIR / "end_to_end.json"
+    if end_to_end_path.is_file():
+        end_to_end = load("end_to_end")
+        timing = end_to_end.get("run_timing") or {}
+        parts = ", ".join(f"{key.removesuffix('_seconds')} {seconds(value)}" for key, value in timing.items() if key.endswith("_seconds"))
+        found = ", ".join(
+            f"`hole_knn` AUROC {by_score['hole_knn']['auroc']:.4f} on {outlier}"
+            for outlier, by_score in (end_to_end.get("metrics") or {}).items()
+            if "hole_knn" in by_score
+        )
+        lines.append(
+            f"| the default experiment end to end (`make run`: `{end_to_end['model']['variant']}`, all test images) | "
+            f"{seconds(end_to_end['wall_seconds'])} wall ({parts}) | {found} | exit status {end_to_end['returncode']} |"
+        )
+    lines += [
+        "",
+        f"Scoring throughput, images/s (batch {scoring['images']}, untrained default model, each score alone): {rates}; "
+        f"`likelihood_regret` {regret['seconds_per_image']:.2f} s per image ({regret['regret_steps']} encoder steps). "
+        f"`hole_knn` excludes its one-off reference set-up ({seconds(sum(scoring['hole_knn']['reference_setup'].values()))} "
+        f"for {scoring['hole_knn']['reference_size']} reference latents).",
+        "",
+        machines([("k-NN", knn), ("training", training), ("scoring", scoring), *([("end to end", load("end_to_end"))] if end_to_end_path.is_file() else [])]),
+    ]
+    return "\n".join(lines)
+
+
+def quality() -> str:
+    result = load("quality")
+    table = (RESULTS_DIR / "quality.md").read_text().strip()
+    protocol = result["protocol"]
+    done = sum(trial["status"] in ("completed", "skipped") for trial in result["trials"])
+    return "\n".join(
+        [
+            "```bash",
+            result["command"],
+            "```",
+            "",
+            f"{done} of {len(result['trials'])} trials ({len(protocol['variants'])} variants x {protocol['seeds']} seeds x "
+            f"{len(protocol['benchmarks'])} inlier datasets); config `{protocol['config']}` with "
+            + ", ".join(f"`{item}`" for item in [*protocol["budget"], *protocol["overrides"]])
+            + f"; {protocol['jobs']} trials at a time, {protocol['omp_num_threads']} thread(s) each. "
+            f"Wall time {result['wall_s'] / 60:.0f} min for the {result['trials_run']} trials run by that command "
+            f"on {machine(result)}.",
+            "",
+            table,
+        ]
+    )
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"quality": quality, "performance": performance}
+
+
+def render(text: str) -> str:
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- report:{name} -->\n)(?:.*?\n)?(<!-- /report:{name} -->)", re.DOTALL)
+        if not pattern.search(text):
+            raise ValueError(f"README.md has no <!-- report:{name} --> ... <!-- /report:{name} --> block; add the two markers where the table belongs.")
+        body = make()
+        text = pattern.sub(lambda match: match.group(1) + body + "\n" + match.group(2), text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is not what the results say")
+    args = parser.parse_args()
+    current = README.read_text()
+    wanted = render(current)
+    if args.check:
+        if wanted != current:
+            sys.exit("README.md's tables differ from benchmarks/results/; run `python -m benchmarks.report` to rewrite them.")
+        print("README.md's tables match benchmarks/results/.")
+        return
+    with atomic_open(README, "w") as stream:
+        stream.write(wanted)
+    print(f"Rewrote the {', '.join(BLOCKS)} tables of {README}.")
+
+
+if __name__ == "__main__":
+    main()
