@@ -152,6 +152,7 @@ def main(arguments: Optional[list[str]] = None) -> None:
     parser.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where quality.json and quality.md go")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every trial")
+    arguments = sys.argv[1:] if arguments is None else arguments
     args = parser.parse_args(arguments)
     if args.seeds < 1 or args.jobs < 1:
         parser.error(f"--seeds ({args.seeds}) and --jobs ({args.jobs}) must be at least 1")
@@ -166,7 +167,7 @@ def main(arguments: Optional[list[str]] = None) -> None:
     table = aggregate(trials)
     ran = [quality_trial.trial for quality_trial in trials if quality_trial.trial.status == "completed"]
     result = {
-        "command": " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
+        "command": " ".join(["python -m benchmarks.quality", *arguments]),
         "protocol": {
             "config": DEFAULT_CONFIG,
             "benchmarks": {benchmark: BENCHMARKS[benchmark] for benchmark in args.benchmarks},
