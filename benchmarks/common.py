@@ -73,15 +73,15 @@ def load_average() -> Optional[list[float]]:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def result_path(name: str) -> Path:
-    return RESULTS_DIR / f"{name}.json"
+def result_path(name: str, directory: Path = RESULTS_DIR) -> Path:
+    return directory / f"{name}.json"
 
 
 def write_result(name: str, payload: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
     """Write ``<directory>/<name>.json`` (``benchmarks/results/`` by default) with the hardware
     facts and the time of writing."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.json"
+    path = result_path(name, directory)
     document = {
         "benchmark": name,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

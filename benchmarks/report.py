@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.common import RESULTS_DIR
+from benchmarks.common import result_path
+from benchmarks.quality import SCORES
 from callbacks.outputs import atomic_open
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -25,7 +26,7 @@ KNN_CASES = {"60k_x_20k_d17": "60k ref x 20k queries, d=17", "60k_x_20k_d65": "6
 
 
 def load(name: str) -> dict[str, Any]:
-    path = RESULTS_DIR / f"{name}.json"
+    path = result_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; run `python -m benchmarks.{name}` (see benchmarks/README.md) to measure it.")
     return json.loads(path.read_text())
@@ -95,9 +96,8 @@ def performance() -> str:
         f"| `hole_posterior`, K = {posterior['samples']}, batch {scoring['images']} | {seconds(posterior['score_s'])} | "
         f"its limit (encoder + K draws + decoder) {seconds(posterior['limit_s'])} | {posterior['fraction_of_limit']:.2f} of the limit |",
     ]
-    end_to_end_path = RESULTS_DIR / "end_to_end.json"
-    if end_to_end_path.is_file():
-        end_to_end = load("end_to_end")
+    end_to_end = load("end_to_end") if result_path("end_to_end").is_file() else None
+    if end_to_end is not None:
         timing = end_to_end.get("run_timing") or {}
         parts = ", ".join(f"{key.removesuffix('_seconds')} {seconds(value)}" for key, value in timing.items() if key.endswith("_seconds"))
         found = ", ".join(
@@ -116,14 +116,33 @@ def performance() -> str:
         f"`hole_knn` excludes its one-off reference set-up ({seconds(sum(scoring['hole_knn']['reference_setup'].values()))} "
         f"for {scoring['hole_knn']['reference_size']} reference latents).",
         "",
-        machines([("k-NN", knn), ("training", training), ("scoring", scoring), *([("end to end", load("end_to_end"))] if end_to_end_path.is_file() else [])]),
+        machines([("k-NN", knn), ("training", training), ("scoring", scoring), *([("end to end", end_to_end)] if end_to_end else [])]),
     ]
+    return "\n".join(lines)
+
+
+def mean_auroc_over_outlier_sets(result: dict[str, Any]) -> str:
+    """Score x variant table of the AUROC averaged over every (inliers, outliers) pair."""
+    variants = list(result["protocol"]["variants"])
+    cells = [by_score for by_outlier in result["table"].values() for by_score in by_outlier.values()]
+    lines = [
+        f"**Mean AUROC over the {len(cells)} outlier sets** (the mean of each column's seed means below)",
+        "",
+        "| score | " + " | ".join(f"`{variant}`" for variant in variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
+    for score in SCORES:
+        means = []
+        for variant in variants:
+            found = [by_score[score][variant]["auroc"]["mean"] for by_score in cells if variant in by_score.get(score, {})]
+            means.append(f"{sum(found) / len(found):.3f}" if len(found) == len(cells) else "n/a")
+        lines.append(f"| `{score}` | " + " | ".join(means) + " |")
     return "\n".join(lines)
 
 
 def quality() -> str:
     result = load("quality")
-    table = (RESULTS_DIR / "quality.md").read_text().strip()
+    table = result_path("quality").with_suffix(".md").read_text().strip()
     protocol = result["protocol"]
     done = sum(trial["status"] in ("completed", "skipped") for trial in result["trials"])
     return "\n".join(
@@ -138,6 +157,8 @@ def quality() -> str:
             + f"; {protocol['jobs']} trials at a time, {protocol['omp_num_threads']} thread(s) each. "
             f"Wall time {result['wall_s'] / 60:.0f} min for the {result['trials_run']} trials run by that command "
             f"on {machine(result)}.",
+            "",
+            mean_auroc_over_outlier_sets(result),
             "",
             table,
         ]

@@ -147,8 +147,18 @@ def _padded_extent(projected: np.ndarray, margin: float = 0.08) -> tuple[float, 
     return float(low[0] - pad[0]), float(high[0] + pad[0]), float(low[1] - pad[1]), float(high[1] + pad[1])
 
 
+class _FlatMap:
+    """What the two flat maps share: a frame fitted to the points, and no landmarks to mark."""
+
+    def extent(self, projected: np.ndarray) -> tuple[float, float, float, float]:
+        return _padded_extent(projected)
+
+    def landmarks(self) -> dict[str, np.ndarray]:
+        return {}
+
+
 @dataclass(frozen=True)
-class IdentityMap:
+class IdentityMap(_FlatMap):
     """2-D latents drawn as they are; shadable when the whole plane is latent space (R^2)."""
 
     shadable: bool
@@ -162,15 +172,9 @@ class IdentityMap:
     def lift(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return plane, np.ones(len(plane), dtype=bool)
 
-    def extent(self, projected: np.ndarray) -> tuple[float, float, float, float]:
-        return _padded_extent(projected)
-
-    def landmarks(self) -> dict[str, np.ndarray]:
-        return {}
-
 
 @dataclass(frozen=True)
-class PCAMap:
+class PCAMap(_FlatMap):
     """Linear projection on the top principal axes of the inlier latents (not invertible)."""
 
     centre: np.ndarray  # [D] inlier mean
@@ -185,12 +189,6 @@ class PCAMap:
 
     def lift(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("A PCA plane is not latent space: its points cannot be scored.")
-
-    def extent(self, projected: np.ndarray) -> tuple[float, float, float, float]:
-        return _padded_extent(projected)
-
-    def landmarks(self) -> dict[str, np.ndarray]:
-        return {}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,21 @@ def test_the_command_runs_real_trials_and_writes_the_table(tmp_path: Path) -> No
     again = json.loads((tmp_path / "results" / "quality.json").read_text())
     assert again["trials"][0]["status"] == "skipped" and again["trials_run"] == 0
     assert again["table"] == result["table"]
+
+
+def test_mean_over_outlier_sets_averages_every_set_and_marks_gaps() -> None:
+    def cell(value: float) -> dict[str, Any]:
+        return {"auroc": {"mean": value, "std": 0.0, "seeds": 3}}
+
+    table = {
+        "fashion_mnist": {"mnist": {"hole_knn": {"gaussian": cell(0.9), "lipschitz": cell(0.5)}}},
+        "mnist": {"fashion_mnist": {"hole_knn": {"gaussian": cell(0.6)}}},
+    }
+    result = {"protocol": {"variants": {"gaussian": [], "lipschitz": []}}, "table": table}
+    text = report.mean_auroc_over_outlier_sets(result)
+    assert "over the 2 outlier sets" in text
+    assert "| `hole_knn` | 0.750 | n/a |" in text  # lipschitz lacks a set: no mean of one set
+    assert "| `recon` | n/a | n/a |" in text
 
 
 def test_readme_tables_are_the_measured_results() -> None:
