@@ -12,7 +12,7 @@ export WANDB_SILENT ?= true
 # OpenMP threads that spin after each op steal the cores from the working ones on a small CPU.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install run test bench quality report clean
+.PHONY: install run test lint bench quality report clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ run: install
 
 test: install
 	$(PY) -m pytest -q $(ARGS)
+
+# Lint, format check and types: CI fails on any finding.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'

@@ -14,9 +14,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ def hardware_info() -> dict[str, Any]:
     return info
 
 
-def load_average() -> Optional[list[float]]:
+def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages: how busy the shared machine was (other jobs included)."""
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 

@@ -5,8 +5,8 @@
 Runs ``python -m experiments.train experiments/configs/fmnist_vs_mnist.yaml out_dir=DIR [key=value
 ...]`` in a subprocess (W&B offline; ``DATA_DIR`` defaults to the offline datasets beside the
 repository) and records its wall time, exit status and the ``timing`` block of the run's
-``results.json`` (training and test seconds as the run measured them) and its metrics. This takes many minutes on a
-CPU: the default experiment trains the full Fashion-MNIST split for several epochs.
+``results.json`` (training and test seconds as the run measured them) and its metrics. This
+takes many minutes on a CPU: the default experiment trains the full Fashion-MNIST split for several epochs.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ CONFIG = "experiments/configs/fmnist_vs_mnist.yaml"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", type=Path, default=None, help="run directory (default: a new temporary one)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="run directory (default: a new temporary one)"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides passed on to experiments.train")
     args = parser.parse_args()
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="end-to-end-")) / "run"

@@ -41,8 +41,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ from benchmarks.common import (
     summary,
     write_result,
 )
-from callbacks.knn import knn_distances
+from scoring.knn import knn_distances
 
 K = 10
 SEED = 0
@@ -116,7 +117,9 @@ def search_sklearn(reference: np.ndarray, queries: np.ndarray, k: int) -> tuple[
 METHODS: dict[str, Search] = {"hole_knn": search_hole_knn, "faiss": search_faiss, "sklearn": search_sklearn}
 
 
-def agreement(reference: np.ndarray, queries: np.ndarray, ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
+def agreement(
+    reference: np.ndarray, queries: np.ndarray, ours: np.ndarray, theirs: np.ndarray
+) -> dict[str, float]:
     """How far two neighbour index arrays ``[Q, k]`` agree: as sets, and up to ties."""
     same_sets = (np.sort(ours, axis=1) == np.sort(theirs, axis=1)).all(axis=1)
 
@@ -164,7 +167,9 @@ def time_case(case: Case, repeats: int, budget_s: float) -> dict[str, object]:
         "times": {name: summary(values) for name, values in times.items()},
         "ratio_to_faiss": {name: median_ratio(times[name], times["faiss"]) for name in METHODS},
         "agreement_with_hole_knn": {
-            name: agreement(reference, queries, found["hole_knn"], found[name]) for name in METHODS if name != "hole_knn"
+            name: agreement(reference, queries, found["hole_knn"], found[name])
+            for name in METHODS
+            if name != "hole_knn"
         },
     }
 
@@ -187,7 +192,9 @@ def memory_in_fresh_process(method: str, case: Case, threads: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds instead of minutes)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per case and thread count")
     parser.add_argument("--case-budget-s", type=float, default=150.0, help="no new round after this long")
@@ -202,7 +209,11 @@ def main() -> None:
         print(json.dumps({"peak_extra_bytes": peak}))
         return
     mode = "quick" if args.quick else "full"
-    cases = [case for case in (QUICK_CASES if args.quick else FULL_CASES) if not args.cases or case.name in args.cases]
+    cases = [
+        case
+        for case in (QUICK_CASES if args.quick else FULL_CASES)
+        if not args.cases or case.name in args.cases
+    ]
     results = previous_cases(mode) if args.merge else {}
     default_threads = torch.get_num_threads()
     for case in cases:
@@ -211,13 +222,21 @@ def main() -> None:
             set_threads(threads)
             load_before = load_average()
             measured = time_case(case, args.repeats, args.case_budget_s)
-            measured["peak_extra_bytes"] = {name: memory_in_fresh_process(name, case, threads) for name in METHODS}
+            measured["peak_extra_bytes"] = {
+                name: memory_in_fresh_process(name, case, threads) for name in METHODS
+            }
             measured["load_average_before_after"] = [load_before, load_average()]
             by_threads[threads_key(threads)] = measured
             brief = {key: measured[key] for key in ("ratio_to_faiss", "peak_extra_bytes")}
             print(json.dumps({case.name: {threads_key(threads): brief}}), flush=True)
     set_threads(default_threads)
-    payload = {"mode": mode, "k": K, "repeats": args.repeats, "case_budget_s": args.case_budget_s, "cases": results}
+    payload = {
+        "mode": mode,
+        "k": K,
+        "repeats": args.repeats,
+        "case_budget_s": args.case_budget_s,
+        "cases": results,
+    }
     print(f"wrote {write_result('knn_search', payload)}")
 
 

@@ -5,8 +5,9 @@
 
 Benchmarks (`BENCHMARKS`): Fashion-MNIST inliers against MNIST digits and the five transforms of
 the inlier test set (hflip, vflip, gaussian_noise, uniform_noise, constant), evaluated in one run
-per model; and MNIST inliers against Fashion-MNIST. Every variant of `lightning_modules.VARIANTS`
-(L = 1 for the Lipschitz ones; `--variants` / `--benchmarks` pick a part) is trained with seeds 0..N-1 on each, through `experiments.train`
+per model; and MNIST inliers against Fashion-MNIST. Every variant of
+`lightning_modules.config.VARIANTS_BY_NAME` (L = 1 for the Lipschitz ones; `--variants` /
+`--benchmarks` pick a part) is trained with seeds 0..N-1 on each, through `experiments.train`
 with the default experiment's config, `BUDGET` and the `key=value` overrides given here (e.g.
 `trainer.max_epochs=3 data.max_eval_samples=null` for the full default budget).
 
@@ -28,25 +29,38 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, write_result
-from callbacks.outputs import atomic_open
-from experiments.sweep import Trial, run_trial
-from lightning_modules import VARIANTS
+from common.atomic_io import atomic_open
+from experiments.sweep import Trial, run_trials
+from lightning_modules.config import VARIANTS_BY_NAME
+from scoring.keys import parse_metric_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = "experiments/configs/fmnist_vs_mnist.yaml"
 TRANSFORMS = ["hflip", "vflip", "gaussian_noise", "uniform_noise", "constant"]
 # name -> data overrides; the transforms share the Fashion-MNIST models (one training, 7 sets).
 BENCHMARKS: dict[str, list[str]] = {
-    "fashion_mnist": ["experiment=quality_fashion_mnist", "data.inlier=fashion_mnist", f"data.outliers=[{','.join(['mnist', *TRANSFORMS])}]"],
+    "fashion_mnist": [
+        "experiment=quality_fashion_mnist",
+        "data.inlier=fashion_mnist",
+        f"data.outliers=[{','.join(['mnist', *TRANSFORMS])}]",
+    ],
     "mnist": ["experiment=quality_mnist", "data.inlier=mnist", "data.outliers=[fashion_mnist]"],
 }
-SCORES = ["hole_knn", "hole_posterior", "neg_elbo", "iwae_nll", "recon", "latent_norm", "input_complexity", "likelihood_regret"]
+SCORES = [
+    "hole_knn",
+    "hole_posterior",
+    "neg_elbo",
+    "iwae_nll",
+    "recon",
+    "latent_norm",
+    "input_complexity",
+    "likelihood_regret",
+]
 # The default experiment's training (3 epochs) and scoring (the full 54,000-latent hole_knn
 # reference, K = 16 samples), with the evaluation cut to fit a 2-core CPU (about an hour for the
 # 24 trials of 3 seeds): a seeded 2,000-image subset of every evaluation set, likelihood regret on
@@ -70,7 +84,7 @@ class QualityTrial:
 
 
 def variant_overrides(variant: str) -> list[str]:
-    lipschitz = VARIANTS[variant].lipschitz_encoder
+    lipschitz = VARIANTS_BY_NAME[variant][1]
     return [f"model.variant={variant}", f"model.lipschitz={1.0 if lipschitz else 'null'}"]
 
 
@@ -95,14 +109,10 @@ def trial_command(quality_trial: QualityTrial, overrides: list[str]) -> list[str
 
 
 def run_all(trials: list[QualityTrial], overrides: list[str], jobs: int, log_dir: Path) -> None:
-    def run(quality_trial: QualityTrial) -> None:
-        trial = quality_trial.trial
-        run_trial(trial, trial_command(quality_trial, overrides), log_dir / f"{trial.name}.log")
-        detail = f"failed (exit {trial.returncode}): {trial.error}" if trial.status == "failed" else f"{trial.status} {trial.seconds or ''}"
-        print(f"{trial.name}: {detail}", flush=True)
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(run, trials))
+    """Every trial through the sweep runner, `jobs` at a time."""
+    for quality_trial in trials:
+        quality_trial.trial.command = trial_command(quality_trial, overrides)
+    run_trials([quality_trial.trial for quality_trial in trials], log_dir, jobs)
 
 
 def aggregate(trials: list[QualityTrial]) -> dict[str, Any]:
@@ -110,14 +120,25 @@ def aggregate(trials: list[QualityTrial]) -> dict[str, Any]:
     values: dict[tuple[str, str, str, str, str], list[float]] = {}
     for quality_trial in trials:
         for key, value in quality_trial.trial.metrics.items():
-            parts = key.split("/")  # test/<outlier>/<score>/<metric>
-            if len(parts) == 4 and parts[3] in METRICS:
-                values.setdefault((quality_trial.benchmark, parts[1], parts[2], quality_trial.variant, parts[3]), []).append(value)
+            parts = parse_metric_key(key)
+            if parts is not None and parts.metric in METRICS:
+                values.setdefault(
+                    (
+                        quality_trial.benchmark,
+                        parts.outlier,
+                        parts.score,
+                        quality_trial.variant,
+                        parts.metric,
+                    ),
+                    [],
+                ).append(value)
     table: dict[str, Any] = {}
     for (benchmark, outlier, score, variant, metric), found in values.items():
         spread = statistics.pstdev(found) if len(found) > 1 else 0.0
         cell = {"mean": statistics.fmean(found), "std": spread, "seeds": len(found)}
-        table.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(score, {}).setdefault(variant, {})[metric] = cell
+        table.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(score, {}).setdefault(variant, {})[
+            metric
+        ] = cell
     return table
 
 
@@ -143,14 +164,20 @@ def markdown(table: dict[str, Any], variants: list[str]) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def main(arguments: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(arguments: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/quality"))
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS_BY_NAME), default=list(VARIANTS_BY_NAME)
+    )
     parser.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where quality.json and quality.md go")
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="where quality.json and quality.md go"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every trial")
     arguments = sys.argv[1:] if arguments is None else arguments
     args = parser.parse_args(arguments)
@@ -182,7 +209,12 @@ def main(arguments: Optional[list[str]] = None) -> None:
         "trials_run": len(ran),
         "trial_seconds": sum(trial.seconds or 0.0 for trial in ran),
         "trials": [
-            {**quality_trial.trial.parameters, "status": quality_trial.trial.status, "seconds": quality_trial.trial.seconds, "metrics": quality_trial.trial.metrics}
+            {
+                **quality_trial.trial.parameters,
+                "status": quality_trial.trial.status,
+                "seconds": quality_trial.trial.seconds,
+                "metrics": quality_trial.trial.metrics,
+            }
             for quality_trial in trials
         ],
         "table": table,
@@ -193,7 +225,10 @@ def main(arguments: Optional[list[str]] = None) -> None:
     failed = [quality_trial.trial.name for quality_trial in trials if quality_trial.trial.status == "failed"]
     print(f"{len(ran)} trials run in {wall_s:.0f} s; wrote {path} and {args.results_dir / 'quality.md'}")
     if failed:
-        sys.exit(f"{len(failed)} trials failed: {', '.join(failed)}; their logs are in {args.out_dir / 'logs'}. Fix the cause and run the same command again (finished trials are skipped).")
+        sys.exit(
+            f"{len(failed)} trials failed: {', '.join(failed)}; their logs are in {args.out_dir / 'logs'}. "
+            "Fix the cause and run the same command again (finished trials are skipped)."
+        )
 
 
 if __name__ == "__main__":

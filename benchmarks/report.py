@@ -14,21 +14,28 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmarks.common import result_path
 from benchmarks.quality import SCORES
-from callbacks.outputs import atomic_open
+from common.atomic_io import atomic_open
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-KNN_CASES = {"60k_x_20k_d17": "60k ref x 20k queries, d=17", "60k_x_20k_d65": "60k ref x 20k queries, d=65", "1M_x_10k_d17": "1M ref x 10k queries, d=17"}
+KNN_CASES = {
+    "60k_x_20k_d17": "60k ref x 20k queries, d=17",
+    "60k_x_20k_d65": "60k ref x 20k queries, d=65",
+    "1M_x_10k_d17": "1M ref x 10k queries, d=17",
+}
 
 
 def load(name: str) -> dict[str, Any]:
     path = result_path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run `python -m benchmarks.{name}` (see benchmarks/README.md) to measure it.")
+        raise FileNotFoundError(
+            f"{path} is missing; run `python -m benchmarks.{name}` (see benchmarks/README.md) to measure it."
+        )
     return json.loads(path.read_text())
 
 
@@ -41,7 +48,10 @@ def machine(result: dict[str, Any]) -> str:
 def machines(results: list[tuple[str, dict[str, Any]]]) -> str:
     """One line for the machines of several results; the CPU and torch named once when shared."""
     described = {describe_hardware(result["hardware"]) for _, result in results}
-    loads = ", ".join(f"{name} {(result['hardware'].get('load_average') or [float('nan')])[0]:.1f}" for name, result in results)
+    loads = ", ".join(
+        f"{name} {(result['hardware'].get('load_average') or [float('nan')])[0]:.1f}"
+        for name, result in results
+    )
     if len(described) == 1:
         return f"Machine: {described.pop()}; load average when each ended: {loads}."
     return "Machines: " + "; ".join(f"{name} {machine(result)}" for name, result in results) + "."
@@ -71,11 +81,18 @@ def knn_rows(result: dict[str, Any]) -> list[str]:
             times = {name: value["median_s"] for name, value in measured["times"].items()}
             memory = measured.get("peak_extra_bytes", {})
             agree = min(value["same_up_to_ties"] for value in measured["agreement_with_hole_knn"].values())
-            ours = f"{seconds(times['hole_knn'])}" + (f", {megabytes(memory['hole_knn'])} peak extra" if memory else "")
-            theirs = f"faiss `IndexFlatL2` {seconds(times['faiss'])}" + (f" ({megabytes(memory['faiss'])})" if memory else "") + f", sklearn brute {seconds(times['sklearn'])}"
+            ours = f"{seconds(times['hole_knn'])}" + (
+                f", {megabytes(memory['hole_knn'])} peak extra" if memory else ""
+            )
+            theirs = (
+                f"faiss `IndexFlatL2` {seconds(times['faiss'])}"
+                + (f" ({megabytes(memory['faiss'])})" if memory else "")
+                + f", sklearn brute {seconds(times['sklearn'])}"
+            )
             rows.append(
                 f"| `hole_knn` search, {label}, k={result['k']}, {threads_label(key)} | {ours} | {theirs} | "
-                f"{measured['ratio_to_faiss']['hole_knn']:.2f}x faiss; same neighbours up to ties: {agree:.0%} of queries |"
+                f"{measured['ratio_to_faiss']['hole_knn']:.2f}x faiss; same neighbours up to ties: "
+                f"{agree:.0%} of queries |"
             )
     return rows
 
@@ -85,38 +102,60 @@ def performance() -> str:
     posterior = scoring["hole_posterior"]
     regret = scoring["likelihood_regret"]
     throughput = {**scoring["scores_images_per_second"], "hole_knn": scoring["hole_knn"]["images_per_second"]}
-    rates = ", ".join(f"`{name}` {value:.0f}" for name, value in sorted(throughput.items(), key=lambda item: -item[1]))
+    rates = ", ".join(
+        f"`{name}` {value:.0f}" for name, value in sorted(throughput.items(), key=lambda item: -item[1])
+    )
     lines = [
         "| what | ours | reference | ratio |",
         "|---|---|---|---|",
         *knn_rows(knn),
-        f"| one training epoch ({training['batches_per_epoch']} batches of {training['batch_size']}, `{training['model']['variant']}`) | "
-        f"Lightning {seconds(training['times']['lightning']['median_s'])} | bare PyTorch loop {seconds(training['times']['bare']['median_s'])} | "
+        f"| one training epoch ({training['batches_per_epoch']} batches of {training['batch_size']}, "
+        f"`{training['model']['variant']}`) | "
+        f"Lightning {seconds(training['times']['lightning']['median_s'])} | bare PyTorch loop "
+        f"{seconds(training['times']['bare']['median_s'])} | "
         f"{training['ratio_lightning_to_bare']:.2f}x |",
-        f"| `hole_posterior`, K = {posterior['samples']}, batch {scoring['images']} | {seconds(posterior['score_s'])} | "
-        f"its limit (encoder + K draws + decoder) {seconds(posterior['limit_s'])} | {posterior['fraction_of_limit']:.2f} of the limit |",
+        f"| `hole_posterior`, K = {posterior['samples']}, batch {scoring['images']} | "
+        f"{seconds(posterior['score_s'])} | "
+        f"its limit (encoder + K draws + decoder) {seconds(posterior['limit_s'])} | "
+        f"{posterior['fraction_of_limit']:.2f} of the limit |",
     ]
     end_to_end = load("end_to_end") if result_path("end_to_end").is_file() else None
     if end_to_end is not None:
         timing = end_to_end.get("run_timing") or {}
-        parts = ", ".join(f"{key.removesuffix('_seconds')} {seconds(value)}" for key, value in timing.items() if key.endswith("_seconds"))
+        parts = ", ".join(
+            f"{key.removesuffix('_seconds')} {seconds(value)}"
+            for key, value in timing.items()
+            if key.endswith("_seconds")
+        )
         found = ", ".join(
             f"`hole_knn` AUROC {by_score['hole_knn']['auroc']:.4f} on {outlier}"
             for outlier, by_score in (end_to_end.get("metrics") or {}).items()
             if "hole_knn" in by_score
         )
         lines.append(
-            f"| the default experiment end to end (`make run`: `{end_to_end['model']['variant']}`, all test images) | "
-            f"{seconds(end_to_end['wall_seconds'])} wall ({parts}) | {found} | exit status {end_to_end['returncode']} |"
+            f"| the default experiment end to end (`make run`: `{end_to_end['model']['variant']}`, all test "
+            "images) | "
+            f"{seconds(end_to_end['wall_seconds'])} wall ({parts}) | {found} | exit status "
+            f"{end_to_end['returncode']} |"
         )
     lines += [
         "",
-        f"Scoring throughput, images/s (batch {scoring['images']}, untrained default model, each score alone): {rates}; "
-        f"`likelihood_regret` {regret['seconds_per_image']:.2f} s per image ({regret['regret_steps']} encoder steps). "
-        f"`hole_knn` excludes its one-off reference set-up ({seconds(sum(scoring['hole_knn']['reference_setup'].values()))} "
+        f"Scoring throughput, images/s (batch {scoring['images']}, untrained default model, each score "
+        f"alone): {rates}; "
+        f"`likelihood_regret` {regret['seconds_per_image']:.2f} s per image ({regret['regret_steps']} "
+        "encoder steps). "
+        "`hole_knn` excludes its one-off reference set-up "
+        f"({seconds(sum(scoring['hole_knn']['reference_setup'].values()))} "
         f"for {scoring['hole_knn']['reference_size']} reference latents).",
         "",
-        machines([("k-NN", knn), ("training", training), ("scoring", scoring), *([("end to end", end_to_end)] if end_to_end else [])]),
+        machines(
+            [
+                ("k-NN", knn),
+                ("training", training),
+                ("scoring", scoring),
+                *([("end to end", end_to_end)] if end_to_end else []),
+            ]
+        ),
     ]
     return "\n".join(lines)
 
@@ -134,7 +173,11 @@ def mean_auroc_over_outlier_sets(result: dict[str, Any]) -> str:
     for score in SCORES:
         means = []
         for variant in variants:
-            found = [by_score[score][variant]["auroc"]["mean"] for by_score in cells if variant in by_score.get(score, {})]
+            found = [
+                by_score[score][variant]["auroc"]["mean"]
+                for by_score in cells
+                if variant in by_score.get(score, {})
+            ]
             means.append(f"{sum(found) / len(found):.3f}" if len(found) == len(cells) else "n/a")
         lines.append(f"| `{score}` | " + " | ".join(means) + " |")
     return "\n".join(lines)
@@ -151,11 +194,13 @@ def quality() -> str:
             result["command"],
             "```",
             "",
-            f"{done} of {len(result['trials'])} trials ({len(protocol['variants'])} variants x {protocol['seeds']} seeds x "
+            f"{done} of {len(result['trials'])} trials ({len(protocol['variants'])} variants x "
+            f"{protocol['seeds']} seeds x "
             f"{len(protocol['benchmarks'])} inlier datasets); config `{protocol['config']}` with "
             + ", ".join(f"`{item}`" for item in [*protocol["budget"], *protocol["overrides"]])
             + f"; {protocol['jobs']} trials at a time, {protocol['omp_num_threads']} thread(s) each. "
-            f"Wall time {result['wall_s'] / 60:.0f} min for the {result['trials_run']} trials run by that command "
+            f"Wall time {result['wall_s'] / 60:.0f} min for the {result['trials_run']} trials run by that "
+            "command "
             f"on {machine(result)}.",
             "",
             mean_auroc_over_outlier_sets(result),
@@ -172,21 +217,31 @@ def render(text: str) -> str:
     for name, make in BLOCKS.items():
         pattern = re.compile(rf"(<!-- report:{name} -->\n)(?:.*?\n)?(<!-- /report:{name} -->)", re.DOTALL)
         if not pattern.search(text):
-            raise ValueError(f"README.md has no <!-- report:{name} --> ... <!-- /report:{name} --> block; add the two markers where the table belongs.")
+            raise ValueError(
+                f"README.md has no <!-- report:{name} --> ... <!-- /report:{name} --> block; add the two "
+                "markers where the table belongs."
+            )
         body = make()
-        text = pattern.sub(lambda match: match.group(1) + body + "\n" + match.group(2), text)
+        text = pattern.sub(lambda match, body=body: match.group(1) + body + "\n" + match.group(2), text)
     return text
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is not what the results say")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if README.md is not what the results say"
+    )
     args = parser.parse_args()
     current = README.read_text()
     wanted = render(current)
     if args.check:
         if wanted != current:
-            sys.exit("README.md's tables differ from benchmarks/results/; run `python -m benchmarks.report` to rewrite them.")
+            sys.exit(
+                "README.md's tables differ from benchmarks/results/; run `python -m benchmarks.report` to "
+                "rewrite them."
+            )
         print("README.md's tables match benchmarks/results/.")
         return
     with atomic_open(README, "w") as stream:

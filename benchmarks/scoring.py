@@ -30,18 +30,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from benchmarks.common import default_config, interleaved_times, summary, write_result
-from callbacks.knn import hole_knn_score, reference_kth_distances
-from callbacks.scores import BATCH_SCORES, REFERENCE_SCORES, sample_seeds, score_batch
-from datamodules import OODDataModule
+from datamodules.ood_datamodule import OODDataModule
 from experiments.runner import to_dict
-from lightning_modules import BaseVAE, build_model
+from lightning_modules.base import BaseVAE
+from lightning_modules.factory import build_model
 from lightning_modules.likelihoods import log_likelihood
+from scoring.knn import hole_knn_score, reference_kth_distances
+from scoring.registry import BATCH_SCORES, REFERENCE_SCORES, sample_seeds, score_batch
 
 SEED = 0
 
@@ -108,7 +110,9 @@ def reference_latents(model: BaseVAE, datamodule: OODDataModule, size: int | Non
     return torch.cat(latents)[:size]
 
 
-def time_hole_knn(model: BaseVAE, datamodule: OODDataModule, x: Tensor, settings: Any, size: int | None, repeats: int) -> dict[str, Any]:
+def time_hole_knn(
+    model: BaseVAE, datamodule: OODDataModule, x: Tensor, settings: Any, size: int | None, repeats: int
+) -> dict[str, Any]:
     started = time.perf_counter()
     reference = reference_latents(model, datamodule, size)
     encoded = time.perf_counter()
@@ -118,7 +122,9 @@ def time_hole_knn(model: BaseVAE, datamodule: OODDataModule, x: Tensor, settings
     def run() -> None:
         with torch.inference_mode():
             queries = model.encode(x).location
-            hole_knn_score(queries, reference, settings.knn_k, model.latent_metric, settings.knn_chunk_size, kth)
+            hole_knn_score(
+                queries, reference, settings.knn_k, model.latent_metric, settings.knn_chunk_size, kth
+            )
 
     times = interleaved_times({"hole_knn": run}, repeats)["hole_knn"]
     return {
@@ -146,11 +152,15 @@ def time_regret(model: BaseVAE, x: Tensor, settings: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=None, help="batch size (default data.eval_batch_size)")
     parser.add_argument("--regret-images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--reference-size", type=int, default=None, help="hole_knn reference cap (default: the config's)")
+    parser.add_argument(
+        "--reference-size", type=int, default=None, help="hole_knn reference cap (default: the config's)"
+    )
     args = parser.parse_args()
     config = default_config(*([f"data.eval_batch_size={args.images}"] if args.images else []))
     settings = config.scores
@@ -163,7 +173,12 @@ def main() -> None:
 
     fast_scores = [name for name in BATCH_SCORES if name != "likelihood_regret"]
     contenders = {name: batch_score_contender(model, x, name, settings) for name in fast_scores}
-    contenders.update({f"part/{name}": run for name, run in posterior_contenders(model, x, settings.posterior_samples).items()})
+    contenders.update(
+        {
+            f"part/{name}": run
+            for name, run in posterior_contenders(model, x, settings.posterior_samples).items()
+        }
+    )
     for run in contenders.values():
         run()  # warm-up
     times = interleaved_times(contenders, args.repeats)
@@ -181,13 +196,17 @@ def main() -> None:
             "score_s": medians["hole_posterior"],
             "limit_s": medians["part/limit"],
             "fraction_of_limit": medians["part/limit"] / medians["hole_posterior"],
-            "breakdown_s": {name[len("part/"):]: value for name, value in medians.items() if name.startswith("part/")},
+            "breakdown_s": {
+                name[len("part/") :]: value for name, value in medians.items() if name.startswith("part/")
+            },
         },
         "times": {name: summary(values) for name, values in times.items()},
     }
     path = write_result("scoring", result)
     print({name: round(value, 1) for name, value in result["scores_images_per_second"].items()})
-    print(f"hole_posterior fraction of limit: {result['hole_posterior']['fraction_of_limit']:.2f}; wrote {path}")
+    print(
+        f"hole_posterior fraction of limit: {result['hole_posterior']['fraction_of_limit']:.2f}; wrote {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ import torch
 from omegaconf import DictConfig
 
 from benchmarks.common import default_config, interleaved_times, median_ratio, summary, write_result
-from datamodules import OODDataModule
+from datamodules.ood_datamodule import OODDataModule
 from experiments.runner import to_dict
-from lightning_modules import BaseVAE, build_model
+from lightning_modules.base import BaseVAE
+from lightning_modules.factory import build_model
 
 SEED = 0
 
@@ -89,8 +90,12 @@ def max_parameter_difference(first: BaseVAE, second: BaseVAE) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=60, help="training batches per epoch (0 = the whole split)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--batches", type=int, default=60, help="training batches per epoch (0 = the whole split)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     config = sliced_config(args.batches)
@@ -109,11 +114,15 @@ def main() -> None:
         "batch_size": config.data.batch_size,
         "batches_per_epoch": batches,
         "images_per_epoch": len(datamodule.train_dataloader().dataset),
-        "data": "seeded slice of the Fashion-MNIST train split" if args.batches else "whole Fashion-MNIST train split",
+        "data": "seeded slice of the Fashion-MNIST train split"
+        if args.batches
+        else "whole Fashion-MNIST train split",
         "repeats": args.repeats,
         "times": {name: summary(values) for name, values in times.items()},
         "ratio_lightning_to_bare": median_ratio(times["lightning"], times["bare"]),
-        "seconds_per_batch": {name: summary([t / batches for t in values])["median_s"] for name, values in times.items()},
+        "seconds_per_batch": {
+            name: summary([t / batches for t in values])["median_s"] for name, values in times.items()
+        },
         "max_parameter_difference": max_parameter_difference(models["lightning"], models["bare"]),
     }
     path = write_result("training_loop", result)

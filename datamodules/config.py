@@ -8,7 +8,7 @@ read.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -26,17 +26,17 @@ class DataConfig:
 
     data_dir: str = "${oc.env:DATA_DIR,data}"
     inlier: str = "fashion_mnist"
-    outliers: List[str] = field(default_factory=lambda: ["mnist"])
+    outliers: list[str] = field(default_factory=lambda: ["mnist"])
     val_fraction: float = 0.1
     split_seed: int = 0
     batch_size: int = 128
     eval_batch_size: int = 1000
     num_workers: int = 0
     download: bool = False
-    image_size: Optional[int] = None
-    channels: Optional[int] = None
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
+    image_size: int | None = None
+    channels: int | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
     noise_seed: int = 1234
 
     def __post_init__(self) -> None:
@@ -75,13 +75,10 @@ def validate(cfg: DataConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ValueError(
-                f"data.{key} must be a positive integer or null (got {value}); use null to switch "
-                "it off."
+                f"data.{key} must be a positive integer or null (got {value}); use null to switch it off."
             )
     if not cfg.inlier.strip():
-        raise ValueError(
-            "data.inlier is empty; name the inlier dataset, e.g. data.inlier=fashion_mnist."
-        )
+        raise ValueError("data.inlier is empty; name the inlier dataset, e.g. data.inlier=fashion_mnist.")
     if any(not spec.strip() for spec in cfg.outliers):
         raise ValueError(
             f"data.outliers contains an empty entry ({list(cfg.outliers)!r}); remove it or name a "

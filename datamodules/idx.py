@@ -19,7 +19,7 @@ from typing import Literal, Union
 import numpy as np
 import torch
 
-PathLike = Union[str, os.PathLike[str]]
+PathLike = Union[str, os.PathLike[str]]  # noqa: UP007  (a runtime alias: no | before 3.10)
 Split = Literal["train", "test"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -132,9 +132,7 @@ def idx_split_exists(directory: PathLike, split: Split) -> bool:
 
 
 def _candidate_names(split: Split, kind: str) -> list[str]:
-    return [
-        f"{prefix}-{kind}{suffix}" for prefix in _SPLIT_PREFIXES[split] for suffix in ("", ".gz")
-    ]
+    return [f"{prefix}-{kind}{suffix}" for prefix in _SPLIT_PREFIXES[split] for suffix in ("", ".gz")]
 
 
 def _find_file(directory: Path, split: Split, kind: str) -> Path:

@@ -7,8 +7,9 @@ evaluation callback can tell the sets apart by ``dataloader_idx``. Batches are `
 distributed sampler pads in.
 """
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -80,7 +81,7 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[torch.Ten
     return (~held_out).nonzero().squeeze(1), held_out.nonzero().squeeze(1)
 
 
-def seeded_subset(count: int, limit: Optional[int], seed: int) -> torch.Tensor:
+def seeded_subset(count: int, limit: int | None, seed: int) -> torch.Tensor:
     """Ascending positions of a seeded subset of at most ``limit`` of ``count`` samples.
 
     Depends only on ``(count, limit, seed)``: two sets of equal size (the inlier test set and a
@@ -91,7 +92,7 @@ def seeded_subset(count: int, limit: Optional[int], seed: int) -> torch.Tensor:
     return _selection_mask(_permutation(count, seed)[:limit], count).nonzero().squeeze(1)
 
 
-def cap_samples(image_set: ImageSet, limit: Optional[int], seed: int) -> ImageSet:
+def cap_samples(image_set: ImageSet, limit: int | None, seed: int) -> ImageSet:
     """``image_set`` reduced to :func:`seeded_subset`; unchanged (not copied) when within limit."""
     if limit is None or len(image_set) <= limit:
         return image_set
@@ -115,7 +116,6 @@ class _LoadedData:
     val: ImageSet
     test: ImageSet
     outliers: list[ImageSet]
-    num_classes: int
 
 
 class OODDataModule(pl.LightningDataModule):
@@ -129,13 +129,13 @@ class OODDataModule(pl.LightningDataModule):
     the global seed (``seed_everything``) so that repeated runs with different seeds differ.
     """
 
-    def __init__(self, cfg: Union[DataConfig, DictConfig, Mapping[str, Any]]) -> None:
+    def __init__(self, cfg: DataConfig | DictConfig | Mapping[str, Any]) -> None:
         super().__init__()
         self.cfg = resolve_data_config(cfg)
         self._inlier_spec = parse_spec(self.cfg.inlier, "inlier")
         self._outlier_specs = [parse_spec(spec, "outlier") for spec in self.cfg.outliers]
         self._check_unique_names()
-        self._data: Optional[_LoadedData] = None
+        self._data: _LoadedData | None = None
 
     @property
     def eval_set_names(self) -> list[str]:
@@ -156,13 +156,6 @@ class OODDataModule(pl.LightningDataModule):
         size = self.cfg.image_size
         return (self.cfg.channels or channels, size or height, size or width)
 
-    @property
-    def num_classes(self) -> int:
-        """Largest inlier training label + 1 (0 when the labels are unknown)."""
-        if self._data is not None:
-            return self._data.num_classes
-        return self._known()[1]
-
     def prepare_data(self) -> None:
         """Download named datasets through torchvision when ``data.download`` is true.
 
@@ -176,7 +169,7 @@ class OODDataModule(pl.LightningDataModule):
         for spec in self._outlier_specs:
             download_source(spec, "test", self.cfg.data_dir)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         """Load every set, whatever the stage: validation already needs the outliers."""
         if self._data is None:
             self._data = self._load()
@@ -240,8 +233,6 @@ class OODDataModule(pl.LightningDataModule):
         cfg = self.cfg
         data_dir, download, seed = cfg.data_dir, cfg.download, cfg.split_seed
         full_train = load_source(self._inlier_spec, "train", data_dir, download)
-        labelled = full_train.labels[full_train.labels >= 0]
-        num_classes = int(labelled.max()) + 1 if len(labelled) else 0
         train_index, val_index = split_indices(len(full_train), cfg.val_fraction, seed)
         # Capping the index lists first copies only the images that are kept.
         train_index = train_index[seeded_subset(len(train_index), cfg.max_train_samples, seed)]
@@ -254,7 +245,7 @@ class OODDataModule(pl.LightningDataModule):
         train, val, test = (self._convert(image_set) for image_set in (train, val, test))
         check_same_shape(train, test, other_role="Inlier test split of")
         outliers = [self._load_outlier(spec, test) for spec in self._outlier_specs]
-        return _LoadedData(train, val, test, outliers, num_classes)
+        return _LoadedData(train, val, test, outliers)
 
     def _load_outlier(self, spec: SourceSpec, inlier_test: ImageSet) -> ImageSet:
         if spec.kind == "transform":

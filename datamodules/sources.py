@@ -31,10 +31,11 @@ A spec is resolved in this order:
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -119,7 +120,7 @@ class NamedDataset:
     extract: Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
     shape: Shape
     num_classes: int
-    idx_folder: Optional[str] = None
+    idx_folder: str | None = None
     transposed: bool = False
     hint: str = ""
 
@@ -249,9 +250,7 @@ def _make_celeba(root: str, split: Split, download: bool) -> Any:
     return tvd.CelebA(root, split=split, target_type=[], download=download)
 
 
-def _extract_arrays(
-    dataset: Any, label_attribute: str = "targets"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _extract_arrays(dataset: Any, label_attribute: str = "targets") -> tuple[torch.Tensor, torch.Tensor]:
     """Use the ``data`` array the class already holds in memory: no per-sample PIL decoding."""
     data = dataset.data
     images = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.asarray(data))
@@ -274,40 +273,84 @@ NAMED_DATASETS: dict[str, NamedDataset] = {
     entry.name: entry
     for entry in (
         NamedDataset(
-            "mnist", "MNIST", "MNIST/raw", partial(_make_with_train_flag, tvd.MNIST),
-            _extract_arrays, (1, 28, 28), 10, idx_folder="mnist",
+            "mnist",
+            "MNIST",
+            "MNIST/raw",
+            partial(_make_with_train_flag, tvd.MNIST),
+            _extract_arrays,
+            (1, 28, 28),
+            10,
+            idx_folder="mnist",
         ),
         NamedDataset(
-            "fashion_mnist", "FashionMNIST", "FashionMNIST/raw",
-            partial(_make_with_train_flag, tvd.FashionMNIST), _extract_arrays, (1, 28, 28), 10,
+            "fashion_mnist",
+            "FashionMNIST",
+            "FashionMNIST/raw",
+            partial(_make_with_train_flag, tvd.FashionMNIST),
+            _extract_arrays,
+            (1, 28, 28),
+            10,
             idx_folder="fashion-mnist",
             hint="On Debian/Ubuntu, `apt-get install dataset-fashion-mnist` installs the IDX "
             "files; then set DATA_DIR=/usr/share/datasets.",
         ),
         NamedDataset(
-            "kmnist", "KMNIST", "KMNIST/raw", partial(_make_with_train_flag, tvd.KMNIST),
-            _extract_arrays, (1, 28, 28), 10, idx_folder="kmnist",
+            "kmnist",
+            "KMNIST",
+            "KMNIST/raw",
+            partial(_make_with_train_flag, tvd.KMNIST),
+            _extract_arrays,
+            (1, 28, 28),
+            10,
+            idx_folder="kmnist",
         ),
         # EMNIST stores its images transposed relative to MNIST; they are turned upright on load.
         NamedDataset(
-            "emnist", "EMNIST", "EMNIST/raw", _make_emnist, _extract_arrays, (1, 28, 28), 27,
-            idx_folder="emnist", transposed=True,
+            "emnist",
+            "EMNIST",
+            "EMNIST/raw",
+            _make_emnist,
+            _extract_arrays,
+            (1, 28, 28),
+            27,
+            idx_folder="emnist",
+            transposed=True,
         ),
         NamedDataset(
-            "cifar10", "CIFAR10", "cifar-10-batches-py",
-            partial(_make_with_train_flag, tvd.CIFAR10), _extract_arrays, (3, 32, 32), 10,
+            "cifar10",
+            "CIFAR10",
+            "cifar-10-batches-py",
+            partial(_make_with_train_flag, tvd.CIFAR10),
+            _extract_arrays,
+            (3, 32, 32),
+            10,
         ),
         NamedDataset(
-            "svhn", "SVHN", "train_32x32.mat / test_32x32.mat",
-            partial(_make_with_split, tvd.SVHN), partial(_extract_arrays, label_attribute="labels"),
-            (3, 32, 32), 10,
+            "svhn",
+            "SVHN",
+            "train_32x32.mat / test_32x32.mat",
+            partial(_make_with_split, tvd.SVHN),
+            partial(_extract_arrays, label_attribute="labels"),
+            (3, 32, 32),
+            10,
         ),
         NamedDataset(
-            "omniglot", "Omniglot", "omniglot-py", _make_omniglot, _extract_by_iteration,
-            (1, 105, 105), 964,
+            "omniglot",
+            "Omniglot",
+            "omniglot-py",
+            _make_omniglot,
+            _extract_by_iteration,
+            (1, 105, 105),
+            964,
         ),
         NamedDataset(
-            "celeba", "CelebA", "celeba", _make_celeba, _extract_by_iteration, (3, 218, 178), 0,
+            "celeba",
+            "CelebA",
+            "celeba",
+            _make_celeba,
+            _extract_by_iteration,
+            (3, 218, 178),
+            0,
         ),
     )
 }
@@ -352,7 +395,7 @@ def parse_spec(spec: str, role: Role) -> SourceSpec:
     where = "data.inlier" if role == "inlier" else "data.outliers"
     text = spec.strip()
     label, has_name, rest = text.partition("=")
-    explicit_name: Optional[str] = None
+    explicit_name: str | None = None
     kind: SourceKind
     if has_name and not _looks_like_path(label):
         explicit_name, text = label.strip(), rest.strip()
@@ -382,7 +425,7 @@ def parse_spec(spec: str, role: Role) -> SourceSpec:
     return SourceSpec(explicit_name or default_name, kind, target)
 
 
-def known_shape_and_classes(spec: SourceSpec) -> Optional[tuple[Shape, int]]:
+def known_shape_and_classes(spec: SourceSpec) -> tuple[Shape, int] | None:
     """Documented ``(shape, num_classes)`` of a named dataset; None when only loading tells."""
     if spec.kind != "named":
         return None
@@ -451,9 +494,7 @@ def _load_named(
     return (images.transpose(-1, -2).contiguous() if entry.transposed else images), labels
 
 
-def convert_images(
-    images: torch.Tensor, image_size: Optional[int], channels: Optional[int]
-) -> torch.Tensor:
+def convert_images(images: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:
     """Apply the configured channel conversion and square resize; a no-op where nothing differs.
 
     Channels are converted first so RGB -> grey resizes one plane instead of three. The resize is
@@ -467,9 +508,7 @@ def convert_images(
     return images
 
 
-def _chunked(
-    images: torch.Tensor, convert: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+def _chunked(images: torch.Tensor, convert: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     return torch.cat([convert(chunk) for chunk in images.split(_CONVERT_CHUNK)])
 
 

@@ -7,8 +7,8 @@ the same shape and dtype; the random ones draw from a generator seeded by ``data
 an outlier set is identical across runs and processes.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -86,8 +86,7 @@ def make_transform_outlier(
     """
     if name not in OUTLIER_TRANSFORMS:
         raise ValueError(
-            f"Unknown outlier transform {name!r}; the transforms are "
-            f"{', '.join(sorted(OUTLIER_TRANSFORMS))}."
+            f"Unknown outlier transform {name!r}; the transforms are {', '.join(sorted(OUTLIER_TRANSFORMS))}."
         )
     transform = OUTLIER_TRANSFORMS[name]
     generator = torch.Generator().manual_seed(noise_seed)

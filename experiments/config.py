@@ -1,24 +1,31 @@
-"""Structured (dataclass) configs for every entry point, and the loader that validates them.
+"""The run configs of the entry points, composed of the blocks each package owns, and their loader.
 
 Why dataclasses behind OmegaConf: a typo in a YAML file or on the command line must stop the run
 before any compute is spent, with the valid choices listed. OmegaConf rejects unknown keys and
-wrong types against the schema; `validate_*` below rejects impossible values that a type cannot
-express (a negative Lipschitz constant, k larger than the reference set, ...).
+wrong types against the schema; each block's ``__post_init__`` rejects impossible values that a
+type cannot express (a negative Lipschitz constant, k larger than the reference set, ...). The
+blocks live with the code that uses them: ``data`` in datamodules, ``model`` and ``optim`` in
+lightning_modules, ``scores`` in scoring, ``plots`` in reporting; ``trainer`` and ``logger`` here.
+Importing this module imports neither torch nor matplotlib.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from callbacks.dashboard import PlotConfig
+from common.checks import check_at_least, check_choice
 from datamodules.config import DataConfig
+from lightning_modules.config import ModelConfig, OptimConfig
+from reporting.config import PlotConfig
+from scoring.config import ScoreConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "fmnist_vs_mnist.yaml"
@@ -39,31 +46,12 @@ class ConfigError(ValueError):
     """A configuration the run cannot use; the message names the key and the fix."""
 
 
-@dataclass
-class ModelConfig:
-    variant: str = "gaussian"
-    latent_dim: int = 16
-    width: int = 8
-    hidden_dim: int = 256
-    activation: str = "maxmin"
-    likelihood: str = "bernoulli"
-    # Only for the Lipschitz variants: the fixed Lipschitz constant of the encoder's mean map.
-    lipschitz: Optional[float] = None
-    power_iterations: int = 1
-    certify_iterations: int = 2000
-    kappa_floor: float = 1.0
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"
+LOGGER_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 10
+    max_epochs: int = 3
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
@@ -72,7 +60,7 @@ class TrainerConfig:
     limit_train_batches: Any = 1.0
     limit_val_batches: Any = 1.0
     limit_test_batches: Any = 1.0
-    gradient_clip_val: Optional[float] = None
+    gradient_clip_val: float | None = None
     log_every_n_steps: int = 50
     deterministic: bool = False
     enable_progress_bar: bool = True
@@ -82,30 +70,12 @@ class TrainerConfig:
 class LoggerConfig:
     mode: str = "offline"
     project: str = "compact-latent-ood"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    entity: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
 
-
-@dataclass
-class ScoreConfig:
-    names: List[str] = field(
-        default_factory=lambda: ["hole_knn", "hole_posterior", "neg_elbo", "iwae_nll", "recon", "latent_norm"]
-    )
-    iwae_samples: int = 16
-    posterior_samples: int = 16
-    knn_k: int = 100
-    # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
-    knn_reference_size: Optional[int] = None
-    knn_chunk_size: Optional[int] = None
-    # OOD metrics at validation end every n epochs (0 = only at test end). Reporting only.
-    val_every_n_epochs: int = 1
-    # likelihood_regret: Adam steps and learning rate of each input's own encoder optimisation, and
-    # how many inputs of each evaluated set it scores (the first N by position, None = all; its
-    # metrics use those inputs only). It costs `regret_steps` encoder updates per input.
-    regret_steps: int = 50
-    regret_lr: float = 1e-4
-    regret_max_samples: Optional[int] = 500
+    def __post_init__(self) -> None:
+        check_choice("logger.mode", self.mode, LOGGER_MODES)
 
 
 @dataclass
@@ -127,6 +97,9 @@ class TrainConfig:
     scores: ScoreConfig = field(default_factory=ScoreConfig)
     plots: PlotConfig = field(default_factory=PlotConfig)
 
+    def __post_init__(self) -> None:
+        check_at_least("checkpoint_every_n_steps", self.checkpoint_every_n_steps, 0)
+
 
 @dataclass
 class EvaluateConfig:
@@ -137,7 +110,7 @@ class EvaluateConfig:
     """
 
     ckpt: str = "???"
-    out_dir: Optional[str] = None
+    out_dir: str | None = None
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     scores: ScoreConfig = field(default_factory=ScoreConfig)
@@ -146,20 +119,12 @@ class EvaluateConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-CHOICES = {
-    "model.activation": ("maxmin", "relu"),
-    "model.likelihood": ("bernoulli", "continuous_bernoulli"),
-    "optim.scheduler": ("none", "cosine"),
-    "logger.mode": ("offline", "online", "disabled"),
-}
-
-
-def split_cli_args(args: Sequence[str]) -> tuple[Optional[str], list[str]]:
+def split_cli_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
     """Split argv into an optional leading YAML path and `key=value` overrides.
 
     `--key=value` (the style `wandb agent` passes) is accepted as well as `key=value`.
     """
-    config_path: Optional[str] = None
+    config_path: str | None = None
     overrides: list[str] = []
     for index, arg in enumerate(args):
         if index == 0 and "=" not in arg and arg.endswith((".yaml", ".yml")):
@@ -211,7 +176,7 @@ def _overrides_to_config(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"Cannot parse overrides {list(overrides)}: {error}") from None
 
 
-def load_config(schema: Any, config_path: Optional[str], overrides: Sequence[str]) -> DictConfig:
+def load_config(schema: Any, config_path: str | None, overrides: Sequence[str]) -> DictConfig:
     """Build a validated config from a schema, an optional YAML file and dotlist overrides."""
     sources: list[Any] = []
     if config_path is not None:
@@ -223,53 +188,16 @@ def load_config(schema: Any, config_path: Optional[str], overrides: Sequence[str
             )
         sources.append(OmegaConf.load(path))
     sources.append(_overrides_to_config(overrides))
-    return _merge(schema, sources)
+    config = _merge(schema, sources)
+    validate(config)
+    return config
 
 
-def check_choice(config: DictConfig, key: str, choices: Sequence[str]) -> None:
-    value = OmegaConf.select(config, key)
-    if value not in choices:
-        raise ConfigError(
-            f"Invalid value {value!r} for '{key}'. Valid choices: {', '.join(choices)}."
-        )
-
-
-def check_positive(config: DictConfig, key: str, minimum: float = 1, strict: bool = False) -> None:
-    value = OmegaConf.select(config, key)
-    if value is None:
-        return
-    if value < minimum or (strict and value == minimum):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ConfigError(f"Invalid value {value!r} for '{key}': it must be {bound}.")
-
-
-def validate_scores(config: DictConfig, known_scores: Sequence[str]) -> None:
-    """Reject score settings that cannot work, before any training starts."""
-    unknown = [name for name in config.scores.names if name not in known_scores]
-    if unknown:
-        raise ConfigError(
-            f"Unknown score(s) {unknown} in 'scores.names'. Valid scores: "
-            f"{', '.join(known_scores)}."
-        )
-    check_positive(config, "scores.iwae_samples", minimum=2)
-    check_positive(config, "scores.posterior_samples", minimum=2)
-    check_positive(config, "scores.knn_k", minimum=1)
-    check_positive(config, "scores.val_every_n_epochs", minimum=0)
-    check_positive(config, "scores.regret_steps", minimum=1)
-    check_positive(config, "scores.regret_lr", minimum=0, strict=True)
-    check_positive(config, "scores.regret_max_samples", minimum=1)
-    check_positive(config, "plots.every_n_epochs", minimum=0)
-    for key in ("max_points", "n_images", "grid_resolution", "n_prior_samples"):
-        check_positive(config, f"plots.{key}", minimum=1)
-    reference_size = config.scores.knn_reference_size
-    if reference_size is not None and config.scores.knn_k >= reference_size:
-        raise ConfigError(
-            f"'scores.knn_k'={config.scores.knn_k} must be smaller than "
-            f"'scores.knn_reference_size'={reference_size}: the k-th neighbour must exist."
-        )
-
-
-def validate_common(config: DictConfig) -> None:
-    for key, choices in CHOICES.items():
-        if OmegaConf.select(config, key, default="<absent>") != "<absent>":
-            check_choice(config, key, choices)
+def validate(config: DictConfig) -> None:
+    """Build every block's dataclass, so that each ``__post_init__`` checks its values."""
+    try:
+        OmegaConf.to_object(config)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"Invalid config: {error.msg if hasattr(error, 'msg') else error}") from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

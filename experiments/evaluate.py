@@ -9,13 +9,13 @@ the outputs (results.json, scores.npz) go to out_dir, by default RUN_DIR/evaluat
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.cli import report_results, run_cli
-from experiments.config import ConfigError, EvaluateConfig, load_config, split_cli_args, validate_common, validate_scores
+from experiments.config import ConfigError, EvaluateConfig, load_config, split_cli_args
 
 
 def stored_defaults(run_config: dict) -> dict:
@@ -25,14 +25,9 @@ def stored_defaults(run_config: dict) -> dict:
 
 
 def load_evaluate_config(arguments: Sequence[str], run_config: dict) -> DictConfig:
-    from callbacks.scores import available_scores
-
     config_path, overrides = split_cli_args(arguments)
     base = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), stored_defaults(run_config))
-    config = load_config(base, config_path, overrides)
-    validate_common(config)
-    validate_scores(config, available_scores())
-    return config
+    return load_config(base, config_path, overrides)
 
 
 def checkpoint_argument(arguments: Sequence[str]) -> Path:
@@ -45,14 +40,14 @@ def checkpoint_argument(arguments: Sequence[str]) -> Path:
 
 def main(arguments: Sequence[str]) -> None:
     from experiments.runner import default_eval_dir, evaluate
-    from lightning_modules import load_model
+    from lightning_modules.factory import load_model
 
     checkpoint = checkpoint_argument(arguments)
     model = load_model(checkpoint)
     config = load_evaluate_config(arguments, model.hparams.get("run_config") or {})
     if config.out_dir is None:
         config.out_dir = str(default_eval_dir(checkpoint))
-    out_dir, _ = evaluate(config, model)
+    out_dir = evaluate(config, model)
     report_results(out_dir)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
@@ -16,13 +16,18 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from callbacks.dashboard import Dashboard
 from callbacks.ood_evaluation import OODEvaluation
-from callbacks.outputs import atomic_open
-from datamodules import OODDataModule
-from experiments.checkpoint_io import AtomicCheckpointIO, remove_partial_writes
+from callbacks.resume_point import ResumePoint
+from common.atomic_io import atomic_open, remove_partial_writes
+from datamodules.ood_datamodule import OODDataModule
+from datamodules.resumable import ResumableDataModule
+from experiments.checkpoint_io import AtomicCheckpointIO
 from experiments.config import run_started_at
-from experiments.resume import ResumableDataModule, ResumePoint
+from lightning_modules.base import BaseVAE
+from lightning_modules.factory import build_model
+from reporting.dashboard import Dashboard
+from reporting.results_files import ResultsFiles
+from scoring.config import ScoreConfig
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -32,7 +37,7 @@ def to_dict(config: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
 
 
-def build_logger(config: DictConfig, out_dir: Path, run_name: str) -> Union[WandbLogger, bool]:
+def build_logger(config: DictConfig, out_dir: Path, run_name: str) -> WandbLogger | bool:
     """W&B, offline by default: the run directory lands in out_dir/wandb, `wandb sync` uploads it."""
     settings = config.logger
     if settings.mode == "disabled":
@@ -48,7 +53,13 @@ def build_logger(config: DictConfig, out_dir: Path, run_name: str) -> Union[Wand
     )
 
 
-def build_trainer(config: DictConfig, out_dir: Path, callbacks: list[Callback], logger: Union[WandbLogger, bool], **overrides: Any) -> pl.Trainer:
+def build_trainer(
+    config: DictConfig,
+    out_dir: Path,
+    callbacks: list[Callback],
+    logger: WandbLogger | bool,
+    **overrides: Any,
+) -> pl.Trainer:
     trainer_settings = {**to_dict(config.trainer), **overrides}
     return pl.Trainer(
         default_root_dir=str(out_dir),
@@ -59,7 +70,7 @@ def build_trainer(config: DictConfig, out_dir: Path, callbacks: list[Callback], 
     )
 
 
-def finish_logger(logger: Union[WandbLogger, bool]) -> None:
+def finish_logger(logger: WandbLogger | bool) -> None:
     """Close the W&B run so its offline files are complete when the process moves on."""
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()
@@ -107,10 +118,15 @@ def checkpoint_callbacks(config: DictConfig, out_dir: Path) -> tuple[ModelCheckp
     return best, ResumePoint(out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, config.checkpoint_every_n_steps)
 
 
-def train(config: DictConfig) -> tuple[Path, OODEvaluation]:
-    """Fit (or resume fitting), select the checkpoint by inlier validation ELBO, test it, write the outputs."""
-    from lightning_modules import build_model
+def evaluation_callback(config: DictConfig, out_dir: Path) -> OODEvaluation:
+    """The OOD evaluation with its reporters: results files and the dashboard."""
+    scores: ScoreConfig = OmegaConf.to_object(config.scores)  # type: ignore[assignment]
+    reporters = [ResultsFiles(out_dir), Dashboard(OmegaConf.to_object(config.plots), out_dir)]  # type: ignore[arg-type]
+    return OODEvaluation(scores, reporters, run_info(config))
 
+
+def train(config: DictConfig) -> Path:
+    """Fit (or resume fitting), select the checkpoint by inlier validation ELBO, test it, write outputs."""
     out_dir = Path(config.out_dir)
     resume_from = resume_checkpoint(out_dir) if config.resume else None
     if resume_from is None:
@@ -120,26 +136,29 @@ def train(config: DictConfig) -> tuple[Path, OODEvaluation]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(
-        to_dict(config.model), to_dict(config.optim), datamodule.image_shape,
-        config.trainer.max_epochs, run_config=to_dict(config),
+        to_dict(config.model),
+        to_dict(config.optim),
+        datamodule.image_shape,
+        config.trainer.max_epochs,
+        run_config=to_dict(config),
     )
     save_run_config(config, out_dir)
-    evaluation = OODEvaluation(config.scores, out_dir, run_info(config))
     best, resume_point = checkpoint_callbacks(config, out_dir)
     logger = build_logger(config, out_dir, run_name=out_dir.name)
     # A resumed run skips the sanity check: its certificate refresh would move the restored
     # power-iteration state and the run would no longer follow the uninterrupted one.
     resume_settings = {"num_sanity_val_steps": 0} if resume_from else {}
-    trainer = build_trainer(config, out_dir, [best, resume_point, evaluation, Dashboard(config.plots, evaluation, out_dir)], logger, **resume_settings)
+    callbacks = [best, resume_point, evaluation_callback(config, out_dir)]
+    trainer = build_trainer(config, out_dir, callbacks, logger, **resume_settings)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
         trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None)
     finally:
         finish_logger(logger)
-    return out_dir, evaluation
+    return out_dir
 
 
-def evaluate(config: DictConfig, model: pl.LightningModule) -> tuple[Path, OODEvaluation]:
+def evaluate(config: DictConfig, model: BaseVAE) -> Path:
     """Score the configured outlier sets with a trained model; write the outputs."""
     out_dir = Path(config.out_dir)
     pl.seed_everything(config.seed, workers=True)
@@ -153,14 +172,13 @@ def evaluate(config: DictConfig, model: pl.LightningModule) -> tuple[Path, OODEv
             f"with the training inlier set, or set data.image_size / data.channels to convert."
         )
     save_run_config(config, out_dir)
-    evaluation = OODEvaluation(config.scores, out_dir, run_info(config))
     logger = build_logger(config, out_dir, run_name=out_dir.name)
-    trainer = build_trainer(config, out_dir, [evaluation, Dashboard(config.plots, evaluation, out_dir)], logger)
+    trainer = build_trainer(config, out_dir, [evaluation_callback(config, out_dir)], logger)
     try:
         trainer.test(model, datamodule=datamodule)
     finally:
         finish_logger(logger)
-    return out_dir, evaluation
+    return out_dir
 
 
 def run_info(config: DictConfig) -> dict[str, Any]:
@@ -177,7 +195,7 @@ def timestamp() -> str:
     return run_started_at("%Y%m%d-%H%M%S")
 
 
-def default_eval_dir(checkpoint: Path, stamp: Optional[str] = None) -> Path:
+def default_eval_dir(checkpoint: Path, stamp: str | None = None) -> Path:
     """OUT_DIR/evaluate/<time> beside the run that wrote OUT_DIR/checkpoints/x.ckpt."""
     run_dir = checkpoint.resolve().parent.parent
     return run_dir / "evaluate" / (stamp or timestamp())

@@ -30,15 +30,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
-from callbacks.outputs import atomic_open
+from common.atomic_io import atomic_open
 from experiments.cli import run_cli
 from experiments.config import ConfigError, split_cli_args
+from scoring.keys import flat_metrics
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 SUMMARY = "sweep_summary.csv"
@@ -57,23 +60,32 @@ class Trial:
     parameters: dict[str, Any]  # every sweep parameter of this grid point, fixed ones included
     out_dir: Path
     status: str = "pending"
-    returncode: Optional[int] = None
-    seconds: Optional[float] = None
+    returncode: int | None = None
+    seconds: float | None = None
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)  # the process that runs the trial
 
 
 # ---------------------------------------------------------------------------- the sweep file
 def load_sweep(path: Path) -> dict[str, Any]:
     """Read and check the sweep file before any trial starts, so a typo costs no compute."""
     if not path.is_file():
-        raise FileNotFoundError(f"Sweep file {path} does not exist; pass the path of a W&B sweep YAML, e.g. experiments/sweeps/lipschitz.yaml.")
+        raise FileNotFoundError(
+            f"Sweep file {path} does not exist; pass the path of a W&B sweep YAML, e.g. "
+            "experiments/sweeps/lipschitz.yaml."
+        )
     try:
         sweep = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError(f"Cannot read the sweep file {path}: {error}. Fix its YAML syntax (quote items such as \"${{args}}\" inside [...] lists).") from None
+        raise ConfigError(
+            f"Cannot read the sweep file {path}: {error}. Fix its YAML syntax (quote items such as "
+            f'"${{args}}" inside [...] lists).'
+        ) from None
     if not isinstance(sweep, dict):
-        raise ConfigError(f"The sweep file {path} holds no mapping; it needs at least `method: grid` and `parameters:`.")
+        raise ConfigError(
+            f"The sweep file {path} holds no mapping; it needs at least `method: grid` and `parameters:`."
+        )
     method = sweep.get("method")
     if method != "grid":
         raise ConfigError(
@@ -114,7 +126,10 @@ def trial_name(point: dict[str, Any], swept: list[str]) -> str:
 def make_trials(points: list[dict[str, Any]], swept: list[str], sweep_dir: Path) -> list[Trial]:
     names = [trial_name(point, swept) for point in points]
     if len(set(names)) < len(names):
-        raise ConfigError(f"Two grid points map to the same trial name in {names}; make the swept values distinct after replacing characters outside [A-Za-z0-9._+-].")
+        raise ConfigError(
+            f"Two grid points map to the same trial name in {names}; make the swept values distinct after "
+            "replacing characters outside [A-Za-z0-9._+-]."
+        )
     return [Trial(name, point, sweep_dir / name) for name, point in zip(names, points)]
 
 
@@ -141,6 +156,29 @@ def trial_command(sweep: dict[str, Any], point: dict[str, Any], extra: list[str]
 
 
 # ---------------------------------------------------------------------------- running trials
+def run_trials(trials: list[Trial], log_dir: Path, jobs: int = 1) -> None:
+    """Run every trial, `jobs` at a time, and print one line per trial as it ends.
+
+    The one runner of grids: the local sweep and the quality benchmark both go through it.
+    """
+
+    def run(numbered: tuple[int, Trial]) -> None:
+        number, trial = numbered
+        run_trial(trial, trial.command, log_dir / f"{trial.name}.log")
+        detail = {
+            "skipped": "skipped (results.json exists)",
+            "failed": f"failed (exit {trial.returncode}): {trial.error}",
+        }
+        print(
+            f"[{number}/{len(trials)}] {trial.name}: "
+            f"{detail.get(trial.status, f'{trial.status} in {trial.seconds} s')}",
+            flush=True,
+        )
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(run, enumerate(trials, start=1)))
+
+
 def run_trial(trial: Trial, command: list[str], log_path: Path) -> None:
     """Run one trial to completion, its output streamed to its log file (never held in memory)."""
     results = trial.out_dir / "results.json"
@@ -175,12 +213,7 @@ def last_line(path: Path) -> str:
 def read_metrics(results_path: Path) -> dict[str, float]:
     """results.json flattened to W&B's keys: `test/<outlier>/<score>/<metric>`, plus the certificate."""
     results = json.loads(results_path.read_text())
-    flat = {
-        f"test/{outlier}/{score}/{metric}": value
-        for outlier, by_score in results["metrics"].items()
-        for score, by_metric in by_score.items()
-        for metric, value in by_metric.items()
-    }
+    flat = flat_metrics("test", results["metrics"])
     for key in ("certified_lipschitz", "latent_radius_bound"):
         if isinstance(results["model"].get(key), (int, float)):
             flat[f"model/{key}"] = results["model"][key]
@@ -196,7 +229,13 @@ def write_summary(trials: list[Trial], parameter_keys: list[str], path: Path) ->
         writer = csv.DictWriter(stream, fieldnames=columns)
         writer.writeheader()
         for trial in trials:
-            row = {"trial": trial.name, "status": trial.status, "returncode": trial.returncode, "seconds": trial.seconds, "error": trial.error}
+            row = {
+                "trial": trial.name,
+                "status": trial.status,
+                "returncode": trial.returncode,
+                "seconds": trial.seconds,
+                "error": trial.error,
+            }
             writer.writerow({**row, **trial.parameters, **trial.metrics})
     return metric_keys
 
@@ -205,7 +244,7 @@ def is_seed(key: str) -> bool:
     return key == "seed" or key.endswith(".seed")
 
 
-def numeric(value: Any) -> Optional[float]:
+def numeric(value: Any) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -230,7 +269,9 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((value - mean) ** 2 for value in values) / len(values))
 
 
-def plot_metric(trials: list[Trial], metric: str, x_key: Optional[str], group_keys: list[str], path: Path) -> None:
+def plot_metric(
+    trials: list[Trial], metric: str, x_key: str | None, group_keys: list[str], path: Path
+) -> None:
     """Mean and std over seeds of one metric against the swept parameter, on a categorical axis.
 
     A categorical axis keeps L = inf (the unconstrained encoder) on the plot as a labelled point.
@@ -255,7 +296,9 @@ def plot_metric(trials: list[Trial], metric: str, x_key: Optional[str], group_ke
         shift = 0.08 * (offset - (len(groups) - 1) / 2)
         points = []
         for index, x in enumerate(xs):
-            values = [trial.metrics[metric] for trial in done if group_of(trial) == group and x_of(trial) == x]
+            values = [
+                trial.metrics[metric] for trial in done if group_of(trial) == group and x_of(trial) == x
+            ]
             if values:
                 axes.plot([index + shift] * len(values), values, ".", color="grey", alpha=0.6)
                 points.append((index + shift, *mean_and_std(values)))
@@ -285,18 +328,24 @@ def plot_all(trials: list[Trial], metrics: list[str], swept: list[str], plot_dir
 
 
 # ---------------------------------------------------------------------------- command line
-def split_arguments(arguments: Sequence[str]) -> tuple[Path, Optional[Path], list[str]]:
+def split_arguments(arguments: Sequence[str]) -> tuple[Path, Path | None, list[str]]:
     """(sweep file, sweep_dir or None, overrides for every trial)."""
     sweep_path, overrides = split_cli_args(arguments)
     if sweep_path is None:
-        raise ConfigError("Missing the sweep file: python -m experiments.sweep SWEEP.yaml [sweep_dir=DIR] [key=value ...].")
+        raise ConfigError(
+            "Missing the sweep file: python -m experiments.sweep SWEEP.yaml [sweep_dir=DIR] [key=value ...]."
+        )
     sweep_dirs = [item.split("=", 1)[1] for item in overrides if item.startswith("sweep_dir=")]
     rest = [item for item in overrides if not item.startswith("sweep_dir=")]
     return Path(sweep_path), (Path(sweep_dirs[-1]) if sweep_dirs else None), rest
 
 
 def check_overrides(overrides: list[str], parameters: dict[str, Any]) -> None:
-    clashes = [item for item in overrides if item.split("=", 1)[0] in swept_keys(parameters) or item.startswith("out_dir=")]
+    clashes = [
+        item
+        for item in overrides
+        if item.split("=", 1)[0] in swept_keys(parameters) or item.startswith("out_dir=")
+    ]
     if clashes:
         raise ConfigError(
             f"The overrides {clashes} would replace what the sweep sets per trial (its swept "
@@ -312,18 +361,21 @@ def main(arguments: Sequence[str]) -> None:
     sweep_dir = sweep_dir or Path("outputs") / "sweeps" / str(sweep.get("name") or sweep_path.stem)
     swept = swept_keys(parameters)
     trials = make_trials(grid(parameters), swept, sweep_dir)
-    for number, trial in enumerate(trials, start=1):
-        command = trial_command(sweep, trial.parameters, [*LOCAL_DEFAULTS, *overrides, f"out_dir={trial.out_dir}"])
-        print(f"[{number}/{len(trials)}] {trial.name}: ", end="", flush=True)
-        run_trial(trial, command, sweep_dir / "logs" / f"{trial.name}.log")
-        detail = {"skipped": "skipped (results.json exists)", "failed": f"failed (exit {trial.returncode}): {trial.error}"}
-        print(detail.get(trial.status, f"{trial.status} in {trial.seconds} s"), flush=True)
+    for trial in trials:
+        trial.command = trial_command(
+            sweep, trial.parameters, [*LOCAL_DEFAULTS, *overrides, f"out_dir={trial.out_dir}"]
+        )
+    run_trials(trials, sweep_dir / "logs")
     metrics = write_summary(trials, list(parameters), sweep_dir / SUMMARY)
     plots = plot_all(trials, metrics, swept, sweep_dir / "plots")
     print(f"Summary: {sweep_dir / SUMMARY}; {len(plots)} plots in {sweep_dir / 'plots'}")
     failed = [trial.name for trial in trials if trial.status == "failed"]
     if failed:
-        raise SweepFailed(f"{len(failed)} of {len(trials)} trials failed: {', '.join(failed)}. Their output is in {sweep_dir / 'logs'}; fix the cause and run the same command again (finished trials are skipped).")
+        raise SweepFailed(
+            f"{len(failed)} of {len(trials)} trials failed: {', '.join(failed)}. Their output is in "
+            f"{sweep_dir / 'logs'}; fix the cause and run the same command again (finished trials are "
+            "skipped)."
+        )
 
 
 def entry_point() -> None:

@@ -18,34 +18,25 @@ trainer.strategy=ddp`; Lightning re-runs this same command for every further pro
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
 from experiments.cli import report_results, run_cli
-from experiments.config import DEFAULT_CONFIG, TrainConfig, check_positive, load_config, split_cli_args, validate_common, validate_scores
+from experiments.config import DEFAULT_CONFIG, TrainConfig, load_config, split_cli_args
 
 
 def load_train_config(arguments: Sequence[str]) -> DictConfig:
     """Parse, merge and validate everything before any data is read or any model is built."""
-    from callbacks.scores import available_scores
-    from lightning_modules import check_model_config
-    from experiments.runner import to_dict
-
     config_path, overrides = split_cli_args(arguments)
-    config = load_config(TrainConfig, config_path or str(DEFAULT_CONFIG), overrides)
-    validate_common(config)
-    validate_scores(config, available_scores())
-    check_positive(config, "checkpoint_every_n_steps", minimum=0)
-    check_model_config(to_dict(config.model))
-    return config
+    return load_config(TrainConfig, config_path or str(DEFAULT_CONFIG), overrides)
 
 
 def main(arguments: Sequence[str]) -> None:
     from experiments.runner import train
 
     config = load_train_config(arguments)
-    out_dir, _ = train(config)
+    out_dir = train(config)
     report_results(out_dir)
 
 

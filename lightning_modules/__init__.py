@@ -1,56 +1,27 @@
-"""VAE variants as LightningModules, and the functions that build or load one by name."""
+"""VAE variants as LightningModules: BaseVAE, the four variants, Lipschitz layers, distributions.
+
+The names below are imported lazily, so that ``lightning_modules.config`` (validated by every
+entry point before any work) does not import torch or Lightning.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Union
+from importlib import import_module
+from typing import Any
 
-import torch
-
-from lightning_modules.base import BaseVAE, Encoding, validate_model_config
-from lightning_modules.variants import VARIANTS
-
-
-def variant_class(name: str) -> type[BaseVAE]:
-    if name not in VARIANTS:
-        raise ValueError(
-            f"Unknown model.variant {name!r}. Valid variants: {', '.join(VARIANTS)}."
-        )
-    return VARIANTS[name]
+_PUBLIC = {
+    "BaseVAE": "lightning_modules.base",
+    "VARIANTS": "lightning_modules.variants",
+    "build_model": "lightning_modules.factory",
+    "load_model": "lightning_modules.factory",
+    "variant_class": "lightning_modules.factory",
+    "ModelConfig": "lightning_modules.config",
+    "OptimConfig": "lightning_modules.config",
+}
+__all__ = sorted(_PUBLIC)
 
 
-def check_model_config(model: dict[str, Any]) -> None:
-    """Validate a model config without building anything (for early, cheap failure)."""
-    validate_model_config(model, variant_class(model["variant"]).lipschitz_encoder)
-
-
-def build_model(
-    model: dict[str, Any],
-    optim: dict[str, Any],
-    image_shape: tuple[int, int, int],
-    max_epochs: int,
-    run_config: dict[str, Any] | None = None,
-) -> BaseVAE:
-    return variant_class(model["variant"])(model, optim, image_shape, max_epochs, run_config)
-
-
-def load_model(checkpoint: Union[str, Path], map_location: Any = "cpu") -> BaseVAE:
-    """Load any variant from a Lightning checkpoint; the variant is read from the checkpoint."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Checkpoint {path} does not exist. Pass ckpt=PATH to a file written by "
-            f"experiments.train (it saves them under OUT_DIR/checkpoints/)."
-        )
-    try:
-        hparams = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
-        variant = hparams["model"]["variant"]
-    except Exception as error:  # any unreadable file gets the same actionable message
-        raise ValueError(
-            f"{path} is not a checkpoint written by this framework ({type(error).__name__}: "
-            f"{error}). Pass a .ckpt file from OUT_DIR/checkpoints/."
-        ) from None
-    return variant_class(variant).load_from_checkpoint(path, map_location=map_location)
-
-
-__all__ = ["BaseVAE", "Encoding", "VARIANTS", "build_model", "check_model_config", "load_model", "variant_class"]
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'lightning_modules' has no attribute {name!r}")
+    return getattr(import_module(_PUBLIC[name]), name)

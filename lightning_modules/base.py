@@ -8,71 +8,19 @@ bound, optimisation, certificates — is written once here.
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
+from lightning_modules.config import VARIANTS_BY_NAME, ModelConfig, OptimConfig
 from lightning_modules.latent_spaces import EuclideanLatent, LatentSpace, SphereLatent
-from lightning_modules.likelihoods import LIKELIHOODS, log_likelihood, mean_image
+from lightning_modules.likelihoods import log_likelihood, mean_image
 from lightning_modules.lipschitz import certified_lipschitz, refresh_norms
-from lightning_modules.networks import ACTIVATIONS, Decoder, Encoder
-
-
-@dataclass
-class Encoding:
-    """What the encoder says about a batch."""
-
-    posterior: Distribution
-    mean: Tensor  # raw mean output: the L-Lipschitz map (u before projection on the sphere)
-    scale: Tensor  # raw spread output (log-variance or concentration head)
-    location: Tensor  # the point in latent space (s(u) on the sphere)
-
-
-@dataclass
-class ImportanceSamples:
-    """K posterior samples per input and the log-densities that every sampling score needs."""
-
-    log_likelihood: Tensor  # [K, B] log p(x | z_k)
-    log_prior: Tensor  # [K, B] log p(z_k)
-    log_posterior: Tensor  # [K, B] log q(z_k | x)
-
-
-def validate_model_config(model: dict[str, Any], variant_is_lipschitz: bool) -> None:
-    """Reject impossible model settings before any data is loaded or any training starts."""
-    problems = []
-    for key, minimum in (("latent_dim", 1), ("power_iterations", 1), ("certify_iterations", 1)):
-        if model[key] < minimum:
-            problems.append(f"model.{key}={model[key]} must be >= {minimum}")
-    for key in ("width", "hidden_dim"):
-        if model[key] < 2 or model[key] % 2:
-            problems.append(f"model.{key}={model[key]} must be an even number >= 2 (MaxMin pairs)")
-    if model["activation"] not in ACTIVATIONS:
-        problems.append(f"model.activation={model['activation']!r} is not one of {list(ACTIVATIONS)}")
-    if model["likelihood"] not in LIKELIHOODS:
-        problems.append(f"model.likelihood={model['likelihood']!r} is not one of {list(LIKELIHOODS)}")
-    if not model["kappa_floor"] > 0:
-        problems.append(f"model.kappa_floor={model['kappa_floor']} must be > 0")
-    lipschitz = model["lipschitz"]
-    if variant_is_lipschitz:
-        if lipschitz is None or not lipschitz > 0:
-            problems.append(
-                f"model.lipschitz={lipschitz} must be a positive number for the variant "
-                f"{model['variant']!r} (inf trains the same architecture unconstrained)"
-            )
-    elif lipschitz is not None:
-        # Not an error: a config (or a sweep) may switch the variant and keep the constant.
-        warnings.warn(
-            f"model.lipschitz={lipschitz} is ignored: the variant {model['variant']!r} has no "
-            f"Lipschitz encoder (use model.variant=lipschitz or alexandroff_lipschitz to apply it).",
-            stacklevel=2,
-        )
-    if problems:
-        raise ValueError("Invalid model config: " + "; ".join(problems) + ".")
+from lightning_modules.networks import Decoder, Encoder
+from scoring.model import Encoding, ImportanceSamples
 
 
 class BaseVAE(pl.LightningModule):
@@ -82,16 +30,21 @@ class BaseVAE(pl.LightningModule):
     latent_kind: ClassVar[str]  # "euclidean" or "sphere"
     lipschitz_encoder: ClassVar[bool]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A variant names itself; its latent space and encoder come from the config's one table."""
+        super().__init_subclass__(**kwargs)
+        cls.latent_kind, cls.lipschitz_encoder = VARIANTS_BY_NAME[cls.variant]
+
     def __init__(
         self,
         model: dict[str, Any],
         optim: dict[str, Any],
         image_shape: tuple[int, int, int],
         max_epochs: int = 1,
-        run_config: Optional[dict[str, Any]] = None,
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        validate_model_config(model, self.lipschitz_encoder)
+        ModelConfig(**model), OptimConfig(**optim)  # validate; the dict form is what checkpoints store
         self.save_hyperparameters()
         # L = inf is the unconstrained end of a sweep over L: same variant, plain layers.
         self.constrained = self.lipschitz_encoder and math.isfinite(model["lipschitz"])
@@ -139,6 +92,10 @@ class BaseVAE(pl.LightningModule):
         mean, scale = self.encoder(x)
         if not (torch.isfinite(mean).all() and torch.isfinite(scale).all()):
             raise FloatingPointError(self._divergence_message("the encoder output has NaN or inf values"))
+        return self.encoding_from_outputs(mean, scale)
+
+    def encoding_from_outputs(self, mean: Tensor, scale: Tensor) -> Encoding:
+        """The posterior and latent location of raw encoder outputs (also of per-input encoder copies)."""
         return Encoding(self.latent.posterior(mean, scale), mean, scale, self.latent.location(mean))
 
     def decode(self, z: Tensor) -> Tensor:
@@ -163,7 +120,7 @@ class BaseVAE(pl.LightningModule):
         log_lik, kl = self.elbo_terms(x)
         return log_lik - kl
 
-    def sample_posterior(self, encoding: Encoding, samples: int, seeds: Optional[Tensor] = None) -> Tensor:
+    def sample_posterior(self, encoding: Encoding, samples: int, seeds: Tensor | None = None) -> Tensor:
         """K posterior draws per input: [K, B, ambient_dim].
 
         With `seeds` (one per input) each input's draws come from its own seeded stream, so a
@@ -175,7 +132,7 @@ class BaseVAE(pl.LightningModule):
         return self.latent.rsample_seeded(encoding.posterior, samples, seeds)
 
     def importance_samples(
-        self, x: Tensor, samples: int, encoding: Optional[Encoding] = None, seeds: Optional[Tensor] = None
+        self, x: Tensor, samples: int, encoding: Encoding | None = None, seeds: Tensor | None = None
     ) -> ImportanceSamples:
         encoding = encoding if encoding is not None else self.encode(x)
         z = self.sample_posterior(encoding, samples, seeds)
@@ -203,7 +160,7 @@ class BaseVAE(pl.LightningModule):
         if self.constrained:
             refresh_norms(self.encoder.mean_path, self.hparams.model["certify_iterations"])
 
-    def certified_lipschitz(self) -> Optional[float]:
+    def certified_lipschitz(self) -> float | None:
         """A proven upper bound on the Lipschitz constant of x -> mean(x), or None."""
         if not self.constrained:
             return None
@@ -214,7 +171,7 @@ class BaseVAE(pl.LightningModule):
         return math.sqrt(math.prod(self.image_shape)) / 2.0
 
     @torch.no_grad()
-    def latent_bound(self) -> Optional[tuple[Tensor, float]]:
+    def latent_bound(self) -> tuple[Tensor, float] | None:
         """(centre, radius) of a ball that provably holds mean(x) for every x in [0,1]^D.
 
         The centre is the encoding of the mid-grey image; every input is within sqrt(D)/2 of it,
@@ -236,7 +193,9 @@ class BaseVAE(pl.LightningModule):
             "latent_dim": model["latent_dim"],
             "latent_space": self.latent_kind,
             "likelihood": self.likelihood,
-            "lipschitz": (model["lipschitz"] if self.constrained else "inf") if self.lipschitz_encoder else None,
+            "lipschitz": (model["lipschitz"] if self.constrained else "inf")
+            if self.lipschitz_encoder
+            else None,
             "certified_lipschitz": self.certified_lipschitz(),
             "latent_radius_bound": None if bound is None else bound[1],
         }
@@ -277,10 +236,14 @@ class BaseVAE(pl.LightningModule):
             batch_size=batch[0].shape[0],
         )
 
-    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._log_inlier_elbo(batch, dataloader_idx, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(
+        self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._log_inlier_elbo(batch, dataloader_idx, "test")
 
     def on_validation_start(self) -> None:
@@ -294,5 +257,7 @@ class BaseVAE(pl.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
         if optim["scheduler"] == "none":
             return optimizer
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.hparams.max_epochs))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, self.hparams.max_epochs)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

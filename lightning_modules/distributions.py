@@ -12,7 +12,7 @@ Notation used throughout: ``m`` is the *ambient* dimension, the sphere is S^(m-1
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -199,9 +199,7 @@ class PowerSpherical(Distribution):
     support = unit_sphere
     has_rsample = True
 
-    def __init__(
-        self, loc: Tensor, scale: Tensor | float, validate_args: bool | None = None
-    ) -> None:
+    def __init__(self, loc: Tensor, scale: Tensor | float, validate_args: bool | None = None) -> None:
         if loc.dim() < 1:
             raise ValueError(
                 "loc must have a last (event) dimension holding the coordinates, got a scalar; "
@@ -219,9 +217,7 @@ class PowerSpherical(Distribution):
         """Ambient dimension m."""
         return self.event_shape[0]
 
-    def expand(
-        self, batch_shape: torch.Size, _instance: PowerSpherical | None = None
-    ) -> PowerSpherical:
+    def expand(self, batch_shape: torch.Size, _instance: PowerSpherical | None = None) -> PowerSpherical:
         new = self._get_checked_instance(PowerSpherical, _instance)
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape + self.event_shape)
@@ -265,12 +261,8 @@ class PowerSpherical(Distribution):
         """
         shape = self._extended_shape(sample_shape)
         alpha, beta = self._alpha_beta()
-        complement = Beta(torch.full_like(alpha, beta), alpha, validate_args=False).rsample(
-            sample_shape
-        )
-        direction = torch.randn(
-            shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device
-        )
+        complement = Beta(torch.full_like(alpha, beta), alpha, validate_args=False).rsample(sample_shape)
+        direction = torch.randn(shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
         return self._place(complement, direction)
 
     def rsample_seeded(self, samples: int, seeds: Tensor) -> Tensor:
@@ -413,9 +405,7 @@ class HypersphericalUniform(Distribution):
         return torch.full(shape, -log_sphere_area(self.dim), dtype=value.dtype, device=value.device)
 
     def entropy(self) -> Tensor:
-        return torch.full(
-            self.batch_shape, log_sphere_area(self.dim), dtype=self._dtype, device=self._device
-        )
+        return torch.full(self.batch_shape, log_sphere_area(self.dim), dtype=self._dtype, device=self._device)
 
 
 @register_kl(PowerSpherical, HypersphericalUniform)

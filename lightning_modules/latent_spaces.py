@@ -68,7 +68,13 @@ class EuclideanLatent:
             seeds,
             normal.loc.device,
             lambda generator, _: (
-                torch.randn(samples, self.ambient_dim, generator=generator, dtype=normal.loc.dtype, device=normal.loc.device),
+                torch.randn(
+                    samples,
+                    self.ambient_dim,
+                    generator=generator,
+                    dtype=normal.loc.dtype,
+                    device=normal.loc.device,
+                ),
             ),
         )
         return normal.loc + normal.scale * noise
@@ -102,9 +108,7 @@ class SphereLatent:
         return 2.0 * torch.atan(mean.norm(dim=-1))
 
     def prior(self, reference: Tensor) -> Distribution:
-        return HypersphericalUniform(
-            self.ambient_dim, device=reference.device, dtype=reference.dtype
-        )
+        return HypersphericalUniform(self.ambient_dim, device=reference.device, dtype=reference.dtype)
 
     def rsample_seeded(self, posterior: Distribution, samples: int, seeds: Tensor) -> Tensor:
         return posterior.rsample_seeded(samples, seeds)

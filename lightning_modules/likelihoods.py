@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
+from lightning_modules.config import LIKELIHOOD_CHOICES
 
 
 def log_likelihood(logits: Tensor, x: Tensor, kind: str) -> Tensor:
@@ -24,7 +24,7 @@ def log_likelihood(logits: Tensor, x: Tensor, kind: str) -> Tensor:
         distribution = torch.distributions.ContinuousBernoulli(logits=logits, validate_args=False)
         log_p = distribution.log_prob(target)
     else:
-        raise ValueError(f"Unknown likelihood {kind!r}; valid choices: {', '.join(LIKELIHOODS)}.")
+        raise ValueError(f"Unknown likelihood {kind!r}; valid choices: {', '.join(LIKELIHOOD_CHOICES)}.")
     return log_p.flatten(start_dim=-3).sum(dim=-1)
 
 

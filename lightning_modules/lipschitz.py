@@ -268,12 +268,8 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
             dtype=dtype,
         )
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
-        self._init_norm_buffers(
-            torch.empty(0, **factory), torch.empty(0, **factory), n_power_iterations, eps
-        )
-        self.register_buffer(
-            "input_size", torch.zeros(2, dtype=torch.long, device=self.weight.device)
-        )
+        self._init_norm_buffers(torch.empty(0, **factory), torch.empty(0, **factory), n_power_iterations, eps)
+        self.register_buffer("input_size", torch.zeros(2, dtype=torch.long, device=self.weight.device))
 
     def _norm_ready(self) -> bool:
         return bool(self.input_size.all())
@@ -385,13 +381,11 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
             shape = list(weight.shape)
             shape[2 + axis] = grid[-1]
             weight = weight.new_zeros(shape).index_add_(2 + axis, taps, weight)
-        spectrum = torch.fft.rfft2(weight).permute(2, 3, 0, 1).reshape(
-            -1, self.out_channels, self.in_channels
+        spectrum = (
+            torch.fft.rfft2(weight).permute(2, 3, 0, 1).reshape(-1, self.out_channels, self.in_channels)
         )
         chunk = max(1, _FFT_ELEMENTS_PER_CHUNK // (self.out_channels * self.in_channels))
-        largest = max(
-            float(torch.linalg.matrix_norm(block, ord=2).max()) for block in spectrum.split(chunk)
-        )
+        largest = max(float(torch.linalg.matrix_norm(block, ord=2).max()) for block in spectrum.split(chunk))
         return math.sqrt(selection_norm_sq) * largest
 
     def forward(self, x: Tensor) -> Tensor:
@@ -409,10 +403,7 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
 
     def extra_repr(self) -> str:
         size = tuple(int(s) for s in self.input_size) if self._norm_ready() else "unknown"
-        return (
-            f"{super().extra_repr()}, n_power_iterations={self.n_power_iterations}, "
-            f"input_size={size}"
-        )
+        return f"{super().extra_repr()}, n_power_iterations={self.n_power_iterations}, input_size={size}"
 
 
 class MaxMin(nn.Module):
@@ -467,9 +458,7 @@ class InvertibleDownsample(nn.Module):
 _ONE_LIPSCHITZ = (nn.ReLU, MaxMin, InvertibleDownsample, nn.Flatten, nn.Identity, nn.Sequential)
 
 
-def certified_lipschitz(
-    module: nn.Module, extra_allowed: tuple[type[nn.Module], ...] = ()
-) -> float:
+def certified_lipschitz(module: nn.Module, extra_allowed: tuple[type[nn.Module], ...] = ()) -> float:
     """Proven upper bound on the Lipschitz constant of a *sequential* chain of layers.
 
     The Lipschitz constant of a composition is at most the product of those of its parts, so the

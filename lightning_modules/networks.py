@@ -10,12 +10,12 @@ nn.Linear.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Optional
 
-import torch
 from torch import Tensor, nn
 
+from lightning_modules.config import ACTIVATION_CHOICES
 from lightning_modules.lipschitz import (
     InvertibleDownsample,
     LipschitzConv2d,
@@ -24,6 +24,8 @@ from lightning_modules.lipschitz import (
 )
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"maxmin": MaxMin, "relu": nn.ReLU}
+if tuple(ACTIVATIONS) != ACTIVATION_CHOICES:  # the config's list is the one source of names
+    raise ImportError("lightning_modules.config.ACTIVATION_CHOICES and networks.ACTIVATIONS disagree.")
 
 
 def check_image_shape(image_shape: tuple[int, int, int]) -> None:
@@ -54,7 +56,7 @@ class Encoder(nn.Module):
         mean_dim: int,
         scale_dim: int,
         activation: str,
-        lipschitz: Optional[float],
+        lipschitz: float | None,
         power_iterations: int,
     ) -> None:
         super().__init__()

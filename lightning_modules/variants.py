@@ -6,45 +6,43 @@
 | alexandroff             | S^d (sphere)      | free             |
 | lipschitz               | R^d               | L-Lipschitz      |
 | alexandroff_lipschitz   | S^d (sphere)      | L-Lipschitz      |
+
+The table itself lives in ``lightning_modules.config.VARIANTS_BY_NAME`` (validated without torch);
+``BaseVAE.__init_subclass__`` reads each class's latent space and encoder from it.
 """
 
 from __future__ import annotations
 
 from lightning_modules.base import BaseVAE
+from lightning_modules.config import VARIANTS_BY_NAME
 
 
 class GaussianVAE(BaseVAE):
     """The classical VAE: Gaussian posterior and prior on R^d, no compactness."""
 
     variant = "gaussian"
-    latent_kind = "euclidean"
-    lipschitz_encoder = False
 
 
 class AlexandroffVAE(BaseVAE):
     """Latents on the sphere S^d, the one-point compactification of R^d."""
 
     variant = "alexandroff"
-    latent_kind = "sphere"
-    lipschitz_encoder = False
 
 
 class LipschitzVAE(BaseVAE):
     """Gaussian latents whose mean map has a fixed Lipschitz constant: a bounded latent image."""
 
     variant = "lipschitz"
-    latent_kind = "euclidean"
-    lipschitz_encoder = True
 
 
 class AlexandroffLipschitzVAE(BaseVAE):
     """Both mechanisms: sphere latents and an L-Lipschitz pre-projection map."""
 
     variant = "alexandroff_lipschitz"
-    latent_kind = "sphere"
-    lipschitz_encoder = True
 
 
 VARIANTS: dict[str, type[BaseVAE]] = {
     cls.variant: cls for cls in (GaussianVAE, AlexandroffVAE, LipschitzVAE, AlexandroffLipschitzVAE)
 }
+if set(VARIANTS) != set(VARIANTS_BY_NAME):
+    raise ImportError("lightning_modules.config.VARIANTS_BY_NAME and the variant classes disagree.")

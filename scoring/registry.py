@@ -1,0 +1,194 @@
+"""The score registry: every way of saying how outlying an input is (higher = more outlying).
+
+Two kinds of score:
+- batch scores are functions of one batch and the model (likelihood baselines, hole_posterior);
+- reference scores need the whole set of training-inlier latents (hole_knn), so the callback
+  computes them after gathering every latent.
+Scores that share work (one encoding, one set of K posterior samples) share it through
+`ScoreContext`, which caches per batch.
+A score too costly for whole evaluated sets (likelihood_regret) is a subset score: it is computed
+only for the inputs whose position in their set is below its limit (`SUBSET_LIMITS`), is NaN for
+the others, and its metrics use exactly the inputs it was computed for (`scored_rows`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from scoring.config import SCORE_NAMES, ScoreConfig
+from scoring.input_complexity import input_complexity_score
+from scoring.knn import hole_knn_score
+from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
+from scoring.model import Encoding, ImportanceSamples, ScoringModel
+
+
+@dataclass
+class ScoreContext:
+    """One batch being scored, with the model outputs that several scores share."""
+
+    model: ScoringModel
+    x: Tensor
+    settings: ScoreConfig
+    seeds: Tensor | None = None  # one sampling seed per input (see sample_seeds)
+    indices: Tensor | None = None  # each input's position in its evaluated set (subset scores)
+    _encoding: Encoding | None = None
+    _samples: dict[int, ImportanceSamples] = field(default_factory=dict)
+
+    @property
+    def encoding(self) -> Encoding:
+        if self._encoding is None:
+            self._encoding = self.model.encode(self.x)
+        return self._encoding
+
+    def samples(self, count: int) -> ImportanceSamples:
+        if count not in self._samples:
+            self._samples[count] = self.model.importance_samples(self.x, count, self.encoding, self.seeds)
+        return self._samples[count]
+
+
+def neg_elbo(ctx: ScoreContext) -> Tensor:
+    """-(E_q[log p(x|z)] - KL(q || p)), the expectation averaged over the IWAE samples."""
+    samples = ctx.samples(ctx.settings.iwae_samples)
+    kl = torch.distributions.kl_divergence(ctx.encoding.posterior, ctx.model.prior(ctx.x))
+    return kl - samples.log_likelihood.mean(dim=0)
+
+
+def iwae_nll(ctx: ScoreContext) -> Tensor:
+    """-log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x): a tighter likelihood bound than the ELBO."""
+    samples = ctx.samples(ctx.settings.iwae_samples)
+    log_weights = samples.log_likelihood + samples.log_prior - samples.log_posterior
+    return math.log(log_weights.shape[0]) - torch.logsumexp(log_weights, dim=0)
+
+
+def recon(ctx: ScoreContext) -> Tensor:
+    """Squared error between x and the expected image decoded from the posterior location."""
+    return (ctx.model.reconstruct(ctx.encoding) - ctx.x).square().flatten(1).sum(dim=1)
+
+
+def latent_norm(ctx: ScoreContext) -> Tensor:
+    """Distance of the encoding from the latent centre (a baseline: outliers are not just far)."""
+    return ctx.model.distance_from_centre(ctx.encoding)
+
+
+def hole_posterior(ctx: ScoreContext) -> Tensor:
+    """Variance over K posterior samples of log p(x | z_k) (this project's definition).
+
+    Inside a vacant hole the decoder never saw training data, so nearby latents decode to very
+    different images and the likelihood of x swings from sample to sample.
+    """
+    samples = ctx.samples(ctx.settings.posterior_samples)
+    return samples.log_likelihood.var(dim=0)
+
+
+def input_complexity(ctx: ScoreContext) -> Tensor:
+    """Serrà et al. (2020): neg_elbo in bits minus the PNG size of x in bits (scoring.input_complexity)."""
+    return input_complexity_score(neg_elbo(ctx), ctx.x)
+
+
+def likelihood_regret(ctx: ScoreContext) -> Tensor:
+    """Xiao et al. (2020): ELBO gain of an encoder fitted to each input alone (scoring.likelihood_regret).
+
+    A subset score: NaN for the inputs outside `scored_rows`.
+    """
+    rows = scored_rows("likelihood_regret", ctx.indices, ctx.settings, ctx.x.shape[0]).to(ctx.x.device)
+    regret = torch.full((ctx.x.shape[0],), float("nan"), dtype=torch.float64, device=ctx.x.device)
+    if rows.any():
+        regret[rows] = likelihood_regret_of(
+            ctx.model,
+            ctx.x[rows],
+            steps=ctx.settings.regret_steps,
+            lr=ctx.settings.regret_lr,
+            samples=ctx.settings.iwae_samples,
+            seeds=None if ctx.seeds is None else ctx.seeds[rows.cpu()],
+            original_elbo=-neg_elbo(ctx)[rows],
+        ).double()
+    return regret
+
+
+BATCH_SCORES: dict[str, Callable[[ScoreContext], Tensor]] = {
+    "neg_elbo": neg_elbo,
+    "iwae_nll": iwae_nll,
+    "recon": recon,
+    "latent_norm": latent_norm,
+    "hole_posterior": hole_posterior,
+    "input_complexity": input_complexity,
+    "likelihood_regret": likelihood_regret,
+}
+
+# Subset scores: name -> the number of leading inputs (by position) of each evaluated set to score,
+# read from the `scores` settings; None scores every input.
+SUBSET_LIMITS: dict[str, Callable[[ScoreConfig], int | None]] = {
+    "likelihood_regret": lambda settings: settings.regret_max_samples,
+}
+
+
+def scored_rows(name: str, indices: Tensor | None, settings: ScoreConfig, count: int) -> Tensor:
+    """Bool mask ``[count]`` of the inputs that score ``name`` is computed for.
+
+    Every input for ordinary scores; for a subset score, those whose position in their evaluated
+    set (``indices``) is below its limit. Without ``indices`` (scoring a bare batch outside the
+    evaluation callback) positions are unknown and every input is scored.
+    """
+    limit = SUBSET_LIMITS[name](settings) if name in SUBSET_LIMITS else None
+    if limit is None or indices is None:
+        return torch.ones(count, dtype=torch.bool)
+    return indices.cpu() < limit
+
+
+@dataclass
+class ReferenceLatents:
+    """Training-inlier latents that define where the occupied (non-hole) regions are."""
+
+    latents: Tensor
+    metric: str
+    kth_distances: Tensor | None = None
+
+
+def hole_knn(queries: Tensor, reference: ReferenceLatents, settings: ScoreConfig) -> Tensor:
+    """k-th-neighbour distance relative to the neighbours' own (this project's definition)."""
+    return hole_knn_score(
+        queries,
+        reference.latents,
+        k=settings.knn_k,
+        metric=reference.metric,
+        chunk_size=settings.knn_chunk_size,
+        reference_kth=reference.kth_distances,
+    )
+
+
+REFERENCE_SCORES: dict[str, Callable[[Tensor, ReferenceLatents, ScoreConfig], Tensor]] = {
+    "hole_knn": hole_knn,
+}
+
+
+if set(BATCH_SCORES) | set(REFERENCE_SCORES) != set(SCORE_NAMES):  # the config's list is the source
+    raise ImportError("scoring.config.SCORE_NAMES and the score registry disagree; update both together.")
+
+
+@torch.no_grad()
+def score_batch(
+    model: ScoringModel,
+    x: Tensor,
+    names: list[str],
+    settings: ScoreConfig,
+    seeds: Tensor | None = None,
+    indices: Tensor | None = None,
+) -> tuple[dict[str, Tensor], Encoding]:
+    """All requested batch scores for one batch, plus the encoding (for latents and bounds)."""
+    ctx = ScoreContext(model, x, settings, seeds, indices)
+    scores = {name: BATCH_SCORES[name](ctx).detach() for name in names if name in BATCH_SCORES}
+    return scores, ctx.encoding
+
+
+def sample_seeds(indices: Tensor, run_seed: int) -> Tensor:
+    """Per-input sampling seeds from the sample's index and the run seed.
+
+    Using the index (not the dataset) gives common random numbers across datasets: the i-th
+    inlier and the i-th outlier see the same noise, which lowers the variance of comparisons.
+    """
+    return indices.long().cpu() + int(run_seed) * 1_000_003

@@ -1,0 +1,106 @@
+"""The quality-table command and the README report: real trials, exact aggregation, README in sync."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import quality, report
+from experiments.sweep import Trial
+from tests.helpers import tiny_overrides
+
+
+def synthetic_trial(variant: str, seed: int, auroc: float) -> quality.QualityTrial:
+    trial = Trial(f"mnist_{variant}_seed{seed}", {}, Path("unused"), status="completed")
+    trial.metrics = {
+        "test/fashion_mnist/hole_knn/auroc": auroc,
+        "test/fashion_mnist/hole_knn/fpr95": 1 - auroc,
+        "test/fashion_mnist/hole_knn/aupr_out": 0.5,  # not a table metric
+        "model/certified_lipschitz": 1.0,  # not a metric of a score
+    }
+    return quality.QualityTrial("mnist", variant, seed, trial)
+
+
+def test_aggregate_takes_mean_and_std_over_seeds_per_variant() -> None:
+    trials = [synthetic_trial("gaussian", seed, value) for seed, value in enumerate([0.7, 0.8, 0.9])]
+    trials.append(synthetic_trial("alexandroff", 0, 0.95))
+    table = quality.aggregate(trials)
+    cell = table["mnist"]["fashion_mnist"]["hole_knn"]["gaussian"]["auroc"]
+    assert cell == {
+        "mean": pytest.approx(0.8),
+        "std": pytest.approx(statistics.pstdev([0.7, 0.8, 0.9])),
+        "seeds": 3,
+    }
+    assert set(table["mnist"]["fashion_mnist"]["hole_knn"]["gaussian"]) == {"auroc", "fpr95"}
+    text = quality.markdown(table, ["gaussian", "alexandroff", "lipschitz"])
+    assert "| mnist | fashion_mnist | `hole_knn` | 0.800 ± 0.082 | 0.950 ± 0.000 | n/a |" in text
+    assert "**FPR95** (mean ± std over seeds; lower is better)" in text
+
+
+def test_every_variant_seed_and_benchmark_is_a_trial_with_its_own_settings(tmp_path: Path) -> None:
+    trials = quality.make_trials(3, tmp_path, list(quality.VARIANTS_BY_NAME), list(quality.BENCHMARKS))
+    assert len(trials) == 3 * len(quality.VARIANTS_BY_NAME) * len(quality.BENCHMARKS)
+    assert len({item.trial.out_dir for item in trials}) == len(trials)
+    command = quality.trial_command(trials[0], ["trainer.max_epochs=1"])
+    assert command[-3:] == ["trainer.max_epochs=1", "seed=0", f"out_dir={trials[0].trial.out_dir}"]
+    lipschitz = next(item for item in trials if item.variant == "lipschitz")
+    assert "model.lipschitz=1.0" in quality.trial_command(lipschitz, [])
+    mnist_outliers = quality.BENCHMARKS["fashion_mnist"][-1]
+    assert all(name in mnist_outliers for name in ["mnist", *quality.TRANSFORMS])
+
+
+def test_the_command_runs_real_trials_and_writes_the_table(tmp_path: Path) -> None:
+    overrides = [item for item in tiny_overrides(tmp_path) if not item.startswith("out_dir=")]
+    arguments = ["--seeds", "1", "--jobs", "1", "--variants", "alexandroff", "--benchmarks", "mnist"]
+    arguments += ["--out-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    arguments += [*overrides, "scores.regret_max_samples=3", "scores.regret_steps=2"]
+    quality.main(arguments)
+
+    result = json.loads((tmp_path / "results" / "quality.json").read_text())
+    (trial,) = result["trials"]
+    assert trial["status"] == "completed", (
+        tmp_path / "runs" / "logs" / "mnist_alexandroff_seed0.log"
+    ).read_text()[-2000:]
+    row = result["table"]["mnist"]["fashion_mnist"]
+    assert set(row) == set(quality.SCORES)
+    auroc = row["hole_knn"]["alexandroff"]["auroc"]
+    assert 0.0 <= auroc["mean"] <= 1.0 and auroc["std"] == 0.0 and auroc["seeds"] == 1
+    assert (
+        f"| mnist | fashion_mnist | `hole_knn` | {auroc['mean']:.3f} ± 0.000 |"
+        in (tmp_path / "results" / "quality.md").read_text()
+    )
+
+    # A second run finds the finished trial and does not train it again.
+    quality.main(arguments)
+    again = json.loads((tmp_path / "results" / "quality.json").read_text())
+    assert again["trials"][0]["status"] == "skipped" and again["trials_run"] == 0
+    assert again["table"] == result["table"]
+
+
+def test_mean_over_outlier_sets_averages_every_set_and_marks_gaps() -> None:
+    def cell(value: float) -> dict[str, Any]:
+        return {"auroc": {"mean": value, "std": 0.0, "seeds": 3}}
+
+    table = {
+        "fashion_mnist": {"mnist": {"hole_knn": {"gaussian": cell(0.9), "lipschitz": cell(0.5)}}},
+        "mnist": {"fashion_mnist": {"hole_knn": {"gaussian": cell(0.6)}}},
+    }
+    result = {"protocol": {"variants": {"gaussian": [], "lipschitz": []}}, "table": table}
+    text = report.mean_auroc_over_outlier_sets(result)
+    assert "over the 2 outlier sets" in text
+    assert "| `hole_knn` | 0.750 | n/a |" in text  # lipschitz lacks a set: no mean of one set
+    assert "| `recon` | n/a | n/a |" in text
+
+
+def test_readme_tables_are_the_measured_results() -> None:
+    text = report.README.read_text()
+    assert report.render(text) == text, "run `python -m benchmarks.report` after measuring"
+
+
+def test_report_names_a_missing_block() -> None:
+    with pytest.raises(ValueError, match="report:quality"):
+        report.render("# A README without markers\n")
