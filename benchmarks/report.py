@@ -222,7 +222,11 @@ def render(text: str) -> str:
                 "markers where the table belongs."
             )
         body = make()
-        text = pattern.sub(lambda match, body=body: match.group(1) + body + "\n" + match.group(2), text)
+
+        def replace(match: re.Match[str], body: str = body) -> str:
+            return match.group(1) + body + "\n" + match.group(2)
+
+        text = pattern.sub(replace, text)
     return text
 
 

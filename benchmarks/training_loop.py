@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -113,7 +114,7 @@ def main() -> None:
         "model": to_dict(config.model),
         "batch_size": config.data.batch_size,
         "batches_per_epoch": batches,
-        "images_per_epoch": len(datamodule.train_dataloader().dataset),
+        "images_per_epoch": len(cast(Sized, datamodule.train_dataloader().dataset)),
         "data": "seeded slice of the Fashion-MNIST train split"
         if args.batches
         else "whole Fashion-MNIST train split",

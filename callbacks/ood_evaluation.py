@@ -40,6 +40,9 @@ from scoring.evaluation import (
 from scoring.keys import flat_metrics
 from scoring.registry import REFERENCE_SCORES, ReferenceLatents
 
+# Inputs per evaluated set on which the empirical Lipschitz lower bound is searched (test only).
+EMPIRICAL_LIPSCHITZ_INPUTS = 64
+
 
 class EvaluationData(Protocol):
     """What the callback needs from the data module (``datamodules.OODDataModule`` has it)."""
@@ -137,7 +140,8 @@ class OODEvaluation(Callback):
     # ------------------------------------------------------------------ evaluation and reporting
     def _finish(self, trainer: pl.Trainer, model: BaseVAE, stage: str) -> None:
         evaluation = self._evaluate(trainer, model)
-        self._log(model, evaluation, stage)
+        empirical = self._empirical_lipschitz(trainer, model, stage)
+        self._log(model, evaluation, stage, empirical)
         if trainer.is_global_zero and self.reporters:
             context = ReportContext(
                 stage=stage,
@@ -150,6 +154,7 @@ class OODEvaluation(Callback):
                 run_info=self.run_info,
                 train_seconds=self._train_seconds,
                 evaluation_seconds=time.perf_counter() - self._started,
+                empirical_lipschitz=empirical,
             )
             for reporter in self.reporters:
                 reporter.report(evaluation, context)
@@ -183,9 +188,29 @@ class OODEvaluation(Callback):
         latents = gather_rows(trainer, torch.cat(parts))
         return build_reference(latents, model.latent_metric, self.settings)
 
+    def _empirical_lipschitz(self, trainer: pl.Trainer, model: BaseVAE, stage: str) -> float | None:
+        """At test: the largest Jacobian norm of the mean map over the first inputs of every set.
+
+        The same fixed inputs on every process (not the sharded batches), so every rank gets the
+        same value; a lower bound on the constant whose upper bound is the certificate.
+        """
+        if stage != "test":
+            return None
+        inputs = []
+        for loader in self._loaders(trainer, stage):
+            dataset = loader.dataset
+            count = min(EMPIRICAL_LIPSCHITZ_INPUTS, len(dataset))  # type: ignore[arg-type]
+            inputs.append(dataset.__getitems__(list(range(count)))[0])  # type: ignore[attr-defined]
+        return model.empirical_lipschitz(torch.cat(inputs).to(model.device))
+
     @staticmethod
-    def _log(model: BaseVAE, evaluation: Evaluation, stage: str) -> None:
+    def _log(model: BaseVAE, evaluation: Evaluation, stage: str, empirical_lipschitz: float | None) -> None:
         values = flat_metrics(stage, evaluation.metrics)
+        certified = model.certified_lipschitz()
+        if certified is not None:
+            values[f"{stage}/model/certified_lipschitz"] = certified
+        if empirical_lipschitz is not None:
+            values[f"{stage}/model/empirical_lipschitz"] = empirical_lipschitz
         if evaluation.bound_violations is not None:
             values.update(
                 {
@@ -201,4 +226,5 @@ class OODEvaluation(Callback):
     def _loaders(trainer: pl.Trainer, stage: str) -> list[DataLoader]:
         """The evaluated loaders, in set_names order (the data module lists the inlier set first)."""
         loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        assert loaders is not None  # called at the end of that stage's epoch, whose loop holds them
         return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]

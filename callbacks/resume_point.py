@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -26,7 +26,9 @@ RNG_KEY = "rng_states"
 
 def capture_rng_states() -> dict[str, Any]:
     """Every global RNG state, as tensors and plain numbers (loadable with weights_only=True)."""
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    # legacy=True is the default; the global RandomState is an MT19937, whose legacy state is this tuple.
+    legacy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    _, keys, position, has_gauss, cached_gaussian = legacy_state
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {

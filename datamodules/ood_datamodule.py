@@ -59,8 +59,12 @@ class ImageTensorDataset(Dataset[Batch]):
         return self.images[index].float().div_(255.0), self.labels[index], index
 
 
-def collate_batch(batch: Batch) -> Batch:
-    """Collate function for :class:`ImageTensorDataset`: its batches arrive already stacked."""
+def collate_batch(batch: Any) -> Batch:
+    """Collate function for :class:`ImageTensorDataset`: its batches arrive already stacked.
+
+    Typed ``Any`` in because torch's ``collate_fn`` type assumes a list of samples, which
+    ``__getitems__`` replaces with the ready ``(x, y, index)`` batch.
+    """
     return batch
 
 
@@ -199,6 +203,7 @@ class OODDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             drop_last=False,
             num_workers=self.cfg.num_workers,
+            # torch types collate_fn as taking a list of samples; __getitems__ hands it the batch.
             collate_fn=collate_batch,
         )
 

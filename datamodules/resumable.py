@@ -44,12 +44,16 @@ class ResumableLoader(DataLoader):
     global RNG (the worker base seed would otherwise come from it and shift every later draw).
     """
 
+    # Narrower than DataLoader's: this loader needs an EpochSampler and a batch_size (no batch_sampler).
+    sampler: EpochSampler
+    batch_size: int
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._served = 0
         self._resume_at = 0
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator, not a _BaseDataLoaderIter
         self._served, self._resume_at = self._resume_at, 0
         self.sampler.skip = self._served * self.batch_size
         return self._count(super().__iter__())
@@ -76,6 +80,7 @@ class ResumableDataModule(OODDataModule):
 
     def train_dataloader(self) -> ResumableLoader:
         plain = super().train_dataloader()
+        assert self.trainer is not None  # Lightning asks for loaders only once the trainer is attached
         sampler = EpochSampler(plain.dataset, self.trainer.world_size, self.trainer.global_rank, self.seed)
         return ResumableLoader(
             plain.dataset,

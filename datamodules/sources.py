@@ -369,7 +369,7 @@ _TRANSFORM_LOOKUP = {_normalise(name): name for name in OUTLIER_TRANSFORMS}
 
 
 def _looks_like_path(text: str) -> bool:
-    separators = {"/", os.sep, os.altsep} - {None}
+    separators = {separator for separator in ("/", os.sep, os.altsep) if separator is not None}
     if not text:
         return False
     return any(sep in text for sep in separators) or Path(text).expanduser().exists()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -161,7 +161,8 @@ def _unknown_key_message(config: DictConfig, error: OmegaConfBaseException) -> s
     full_key = str(getattr(error, "full_key", "") or getattr(error, "key", ""))
     parent_path, _, leaf = full_key.rpartition(".")
     parent = OmegaConf.select(config, parent_path) if parent_path else config
-    valid = sorted(parent.keys()) if isinstance(parent, DictConfig) else []
+    # Unknown-key errors come from structured configs, whose keys are dataclass field names.
+    valid = sorted(cast("list[str]", list(parent.keys()))) if isinstance(parent, DictConfig) else []
     where = f"under '{parent_path}'" if parent_path else "at the top level"
     return (
         f"Unknown config key '{full_key}'. Valid keys {where}: {', '.join(map(str, valid))}. "

@@ -25,6 +25,7 @@ from experiments.checkpoint_io import AtomicCheckpointIO
 from experiments.config import run_started_at
 from lightning_modules.base import BaseVAE
 from lightning_modules.factory import build_model
+from reporting.base import Reporter
 from reporting.dashboard import Dashboard
 from reporting.results_files import ResultsFiles
 from scoring.config import ScoreConfig
@@ -121,7 +122,7 @@ def checkpoint_callbacks(config: DictConfig, out_dir: Path) -> tuple[ModelCheckp
 def evaluation_callback(config: DictConfig, out_dir: Path) -> OODEvaluation:
     """The OOD evaluation with its reporters: results files and the dashboard."""
     scores: ScoreConfig = OmegaConf.to_object(config.scores)  # type: ignore[assignment]
-    reporters = [ResultsFiles(out_dir), Dashboard(OmegaConf.to_object(config.plots), out_dir)]  # type: ignore[arg-type]
+    reporters: list[Reporter] = [ResultsFiles(out_dir), Dashboard(OmegaConf.to_object(config.plots), out_dir)]  # type: ignore[arg-type]
     return OODEvaluation(scores, reporters, run_info(config))
 
 

@@ -8,7 +8,7 @@ bound, optimisation, certificates — is written once here.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytorch_lightning as pl
 import torch
@@ -16,10 +16,12 @@ from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
 from lightning_modules.config import VARIANTS_BY_NAME, ModelConfig, OptimConfig
+from lightning_modules.jacobian import jacobian_spectral_norms
 from lightning_modules.latent_spaces import EuclideanLatent, LatentSpace, SphereLatent
 from lightning_modules.likelihoods import log_likelihood, mean_image
 from lightning_modules.lipschitz import certified_lipschitz, refresh_norms
 from lightning_modules.networks import Decoder, Encoder
+from scoring.knn import KnnMetric
 from scoring.model import Encoding, ImportanceSamples
 
 
@@ -48,7 +50,8 @@ class BaseVAE(pl.LightningModule):
         self.save_hyperparameters()
         # L = inf is the unconstrained end of a sweep over L: same variant, plain layers.
         self.constrained = self.lipschitz_encoder and math.isfinite(model["lipschitz"])
-        self.image_shape = tuple(image_shape)
+        # tuple(): a caller may pass any 3-sequence (e.g. a list), and shape checks compare tuples.
+        self.image_shape = cast(tuple[int, int, int], tuple(image_shape))
         self.likelihood = model["likelihood"]
         self.latent: LatentSpace = (
             SphereLatent(model["latent_dim"], model["kappa_floor"])
@@ -150,7 +153,7 @@ class BaseVAE(pl.LightningModule):
         return self.latent.distance_from_centre(encoding.mean)
 
     @property
-    def latent_metric(self) -> str:
+    def latent_metric(self) -> KnnMetric:
         return self.latent.metric
 
     # ----------------------------------------------------------------- certificates
@@ -158,13 +161,27 @@ class BaseVAE(pl.LightningModule):
     def refresh_certificate(self) -> None:
         """Converge the encoder's per-layer norm estimates before evaluation (Lipschitz variants)."""
         if self.constrained:
-            refresh_norms(self.encoder.mean_path, self.hparams.model["certify_iterations"])
+            refresh_norms(self.encoder.mean_path, self.hparams["model"]["certify_iterations"])
 
     def certified_lipschitz(self) -> float | None:
         """A proven upper bound on the Lipschitz constant of x -> mean(x), or None."""
         if not self.constrained:
             return None
-        return certified_lipschitz(self.encoder.mean_path) * float(self.hparams.model["lipschitz"])
+        return certified_lipschitz(self.encoder.mean_path) * float(self.hparams["model"]["lipschitz"])
+
+    def empirical_lipschitz(self, x: Tensor) -> float:
+        """The largest Jacobian spectral norm of x -> mean(x) found at the inputs ``x``.
+
+        A lower bound on the mean map's Lipschitz constant (``certified_lipschitz`` is the upper
+        bound); for any variant, constrained or not. docs/method.md, section 3.
+        """
+        was_training = self.training
+        self.eval()  # Lipschitz layers must use their stored norms, not update them
+        try:
+            norms = jacobian_spectral_norms(lambda inputs: self.encoder(inputs)[0], x)
+        finally:
+            self.train(was_training)
+        return float(norms.max())
 
     def domain_radius(self) -> float:
         """Circumradius of the pixel cube [0,1]^D around its centre: sqrt(D) / 2."""
@@ -187,7 +204,7 @@ class BaseVAE(pl.LightningModule):
     def describe(self) -> dict[str, Any]:
         """The `model` block of results.json."""
         bound = self.latent_bound()
-        model = self.hparams.model
+        model = self.hparams["model"]
         return {
             "variant": self.variant,
             "latent_dim": model["latent_dim"],
@@ -253,11 +270,11 @@ class BaseVAE(pl.LightningModule):
         self.refresh_certificate()
 
     def configure_optimizers(self) -> Any:
-        optim = self.hparams.optim
+        optim = self.hparams["optim"]
         optimizer = torch.optim.Adam(self.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
         if optim["scheduler"] == "none":
             return optimizer
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, self.hparams.max_epochs)
+            optimizer, T_max=max(1, self.hparams["max_epochs"])
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeAlias
 
 import torch
 from torch import Tensor
@@ -28,6 +29,9 @@ __all__ = [
     "stereographic",
     "unit_sphere",
 ]
+
+# What torch.distributions accepts as a shape (the argument type of Distribution.expand/sample).
+_ShapeLike: TypeAlias = "torch.Size | list[int] | tuple[int, ...]"
 
 
 def _stable_norm(x: Tensor) -> Tensor:
@@ -217,7 +221,7 @@ class PowerSpherical(Distribution):
         """Ambient dimension m."""
         return self.event_shape[0]
 
-    def expand(self, batch_shape: torch.Size, _instance: PowerSpherical | None = None) -> PowerSpherical:
+    def expand(self, batch_shape: _ShapeLike, _instance: PowerSpherical | None = None) -> PowerSpherical:
         new = self._get_checked_instance(PowerSpherical, _instance)
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape + self.event_shape)
@@ -251,7 +255,7 @@ class PowerSpherical(Distribution):
         """E[z] = loc E[t] with E[t] = 2 alpha / (alpha + beta) - 1 = kappa / (kappa + m - 1)."""
         return self.loc * (self.scale / (self.scale + (self.dim - 1))).unsqueeze(-1)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: _ShapeLike = torch.Size()) -> Tensor:
         """Reparameterised sample of shape sample_shape + batch_shape + (m,).
 
         t = loc . z = 2B - 1 with B ~ Beta(alpha, beta). For large kappa, B is within 1e-5 of 1
@@ -368,7 +372,7 @@ class HypersphericalUniform(Distribution):
         self,
         dim: int,
         *,
-        batch_shape: torch.Size | tuple[int, ...] = torch.Size(),
+        batch_shape: _ShapeLike = torch.Size(),
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         validate_args: bool | None = None,
@@ -384,7 +388,7 @@ class HypersphericalUniform(Distribution):
         return self.event_shape[0]
 
     def expand(
-        self, batch_shape: torch.Size, _instance: HypersphericalUniform | None = None
+        self, batch_shape: _ShapeLike, _instance: HypersphericalUniform | None = None
     ) -> HypersphericalUniform:
         return HypersphericalUniform(
             self.dim,
@@ -394,7 +398,7 @@ class HypersphericalUniform(Distribution):
             validate_args=self._validate_args,
         )
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: _ShapeLike = torch.Size()) -> Tensor:
         x = torch.randn(self._extended_shape(sample_shape), device=self._device, dtype=self._dtype)
         return x / _stable_norm(x).unsqueeze(-1)
 

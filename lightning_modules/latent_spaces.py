@@ -6,7 +6,7 @@ distances are measured there. Variants pick one; everything else in the model is
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +19,11 @@ from lightning_modules.distributions import (
     inverse_stereographic,
     seeded_draws,
 )
+from scoring.knn import KnnMetric
 
 
 class LatentSpace(Protocol):
-    metric: str  # "euclidean" or "geodesic": how hole_knn measures distances here
+    metric: KnnMetric  # "euclidean" or "geodesic": how hole_knn measures distances here
     mean_dim: int  # encoder outputs for the location
     scale_dim: int  # encoder outputs for the spread
     ambient_dim: int  # what the decoder receives
@@ -41,7 +42,7 @@ class LatentSpace(Protocol):
 class EuclideanLatent:
     """R^d with a diagonal Gaussian posterior and N(0, I) prior (the classical VAE)."""
 
-    metric = "euclidean"
+    metric: KnnMetric = "euclidean"
 
     def __init__(self, latent_dim: int) -> None:
         self.mean_dim = self.scale_dim = self.ambient_dim = latent_dim
@@ -63,7 +64,8 @@ class EuclideanLatent:
 
     def rsample_seeded(self, posterior: Distribution, samples: int, seeds: Tensor) -> Tensor:
         """[samples, B, d] draws mean + std * eps, each row's eps from its own seeded generator."""
-        normal = posterior.base_dist
+        # `posterior` is what self.posterior returns: Independent(Normal(mean, std), 1).
+        normal = cast(Normal, cast(Independent, posterior).base_dist)
         (noise,) = seeded_draws(
             seeds,
             normal.loc.device,
@@ -88,7 +90,7 @@ class SphereLatent:
     Posterior: Power Spherical(s(u), kappa); prior: uniform on the sphere.
     """
 
-    metric = "geodesic"
+    metric: KnnMetric = "geodesic"
 
     def __init__(self, latent_dim: int, kappa_floor: float) -> None:
         self.mean_dim = latent_dim
@@ -111,4 +113,5 @@ class SphereLatent:
         return HypersphericalUniform(self.ambient_dim, device=reference.device, dtype=reference.dtype)
 
     def rsample_seeded(self, posterior: Distribution, samples: int, seeds: Tensor) -> Tensor:
-        return posterior.rsample_seeded(samples, seeds)
+        # `posterior` is what self.posterior returns: a PowerSpherical.
+        return cast(PowerSpherical, posterior).rsample_seeded(samples, seeds)

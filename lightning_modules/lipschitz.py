@@ -11,6 +11,7 @@ iteration, which approaches the norm from below and so can never certify anythin
 from __future__ import annotations
 
 import math
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ class _NormalisedOperator(nn.Module):
     never update anything.
     """
 
-    weight: nn.Parameter
+    weight: Tensor
     u: Tensor
     v: Tensor
     sigma: Tensor
@@ -175,10 +176,9 @@ class LipschitzLinear(_NormalisedOperator, nn.Linear):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
         self._init_norm_buffers(
-            torch.empty(out_features, **factory),
-            torch.empty(in_features, **factory),
+            torch.empty(out_features, device=self.weight.device, dtype=self.weight.dtype),
+            torch.empty(in_features, device=self.weight.device, dtype=self.weight.dtype),
             n_power_iterations,
             eps,
         )
@@ -222,6 +222,8 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
     """
 
     input_size: Tensor
+    # Integer padding only: the constructor rejects the string forms ('same', 'valid').
+    padding: tuple[int, ...]
 
     def __init__(
         self,
@@ -229,7 +231,7 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
+        padding: str | int | tuple[int, int] = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
@@ -263,12 +265,16 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
             dilation=dilation,
             groups=groups,
             bias=bias,
-            padding_mode=padding_mode,
+            padding_mode=cast(Literal["zeros", "circular"], padding_mode),  # checked above
             device=device,
             dtype=dtype,
         )
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
-        self._init_norm_buffers(torch.empty(0, **factory), torch.empty(0, **factory), n_power_iterations, eps)
+        self._init_norm_buffers(
+            torch.empty(0, device=self.weight.device, dtype=self.weight.dtype),
+            torch.empty(0, device=self.weight.device, dtype=self.weight.dtype),
+            n_power_iterations,
+            eps,
+        )
         self.register_buffer("input_size", torch.zeros(2, dtype=torch.long, device=self.weight.device))
 
     def _norm_ready(self) -> bool:
@@ -332,7 +338,7 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
             stored = state_dict.get(prefix + name)
             if stored is not None:
                 getattr(self, name).resize_(stored.shape)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def raw_norm_bound(self) -> float:
         """Proven upper bound on |A|_2 for the raw kernel, exact in the circular 'same' case.

@@ -62,22 +62,23 @@ class Encoder(nn.Module):
         super().__init__()
         check_image_shape(image_shape)
         channels, height, image_width = image_shape
+        conv: Callable[..., nn.Conv2d]
+        linear: Callable[..., nn.Linear]
         if lipschitz is None:
             conv, linear = nn.Conv2d, nn.Linear
         else:
             conv = partial(LipschitzConv2d, n_power_iterations=power_iterations)
             linear = partial(LipschitzLinear, n_power_iterations=power_iterations)
         act = ACTIVATIONS[activation]
-        same = dict(kernel_size=3, padding=1, padding_mode="circular")
         flat_dim = 2 * width * (height // 4) * (image_width // 4)
         self.trunk = nn.Sequential(
-            conv(channels, width, **same),
+            conv(channels, width, kernel_size=3, padding=1, padding_mode="circular"),
             act(),
             InvertibleDownsample(),
-            conv(4 * width, 2 * width, **same),
+            conv(4 * width, 2 * width, kernel_size=3, padding=1, padding_mode="circular"),
             act(),
             InvertibleDownsample(),
-            conv(8 * width, 2 * width, **same),
+            conv(8 * width, 2 * width, kernel_size=3, padding=1, padding_mode="circular"),
             act(),
             nn.Flatten(),
             linear(flat_dim, hidden_dim),
@@ -115,7 +116,6 @@ class Decoder(nn.Module):
         check_image_shape(image_shape)
         channels, height, image_width = image_shape
         act = ACTIVATIONS[activation]
-        same = dict(kernel_size=3, padding=1)
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim),
             act(),
@@ -123,12 +123,12 @@ class Decoder(nn.Module):
             act(),
             nn.Unflatten(1, (8 * width, height // 4, image_width // 4)),
             nn.PixelShuffle(2),
-            nn.Conv2d(2 * width, 4 * width, **same),
+            nn.Conv2d(2 * width, 4 * width, kernel_size=3, padding=1),
             act(),
             nn.PixelShuffle(2),
-            nn.Conv2d(width, width, **same),
+            nn.Conv2d(width, width, kernel_size=3, padding=1),
             act(),
-            nn.Conv2d(width, channels, **same),
+            nn.Conv2d(width, channels, kernel_size=3, padding=1),
         )
 
     def forward(self, z: Tensor) -> Tensor:

@@ -27,6 +27,9 @@ class ReportContext:
     run_info: dict[str, Any]  # experiment, seed and the resolved config of the run
     train_seconds: float | None
     evaluation_seconds: float
+    # The largest Jacobian norm of the mean map found at evaluated inputs (test only): a lower
+    # bound on the Lipschitz constant, beside the certificate's upper bound.
+    empirical_lipschitz: float | None = None
 
     @property
     def seed(self) -> int:

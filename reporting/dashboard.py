@@ -19,7 +19,7 @@ import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -236,7 +236,9 @@ class Dashboard:
         device = model.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            z = model.prior(torch.zeros(1, device=device, dtype=model.dtype)).sample(
+            # Lightning types dtype as str | torch.dtype; a module's is a torch.dtype.
+            dtype = cast(torch.dtype, model.dtype)
+            z = model.prior(torch.zeros(1, device=device, dtype=dtype)).sample(
                 (self.settings.n_prior_samples,)
             )
         return mean_image(model.decode(z), model.likelihood).cpu().numpy()
@@ -280,7 +282,7 @@ class Dashboard:
                 ("most outlying", ordered[:count]),
                 ("most typical", ordered[::-1][:count]),
             ):
-                images = (
+                images: Tensor | list[Tensor] = (
                     fetch_images(loaders[set_id].dataset, columns["index"][chosen]) if chosen.size else []
                 )
                 for rank, (row, image) in enumerate(zip(chosen, images), start=1):

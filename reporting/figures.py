@@ -98,12 +98,23 @@ def clipped_range(values: np.ndarray) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------- plane maps
 class PlaneMap(Protocol):
-    """How latent points become 2-D plot coordinates."""
+    """How latent points become 2-D plot coordinates (the maps are frozen: read-only members)."""
 
-    axis_labels: tuple[str, str]
-    description: str
-    rim_radius: float | None  # the map's disk boundary (equal-area sphere map), if any
-    shadable: bool  # every plane point is a latent point, so the plane can be scored (lift)
+    @property
+    def axis_labels(self) -> tuple[str, str]: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def rim_radius(self) -> float | None:
+        """The map's disk boundary (equal-area sphere map), if any."""
+        ...
+
+    @property
+    def shadable(self) -> bool:
+        """Every plane point is a latent point, so the plane can be scored (lift)."""
+        ...
 
     def project(self, latents: np.ndarray) -> np.ndarray: ...
 
@@ -306,8 +317,10 @@ def _draw_points(
     """Inliers coloured by class, then each outlier set in its colour and marker, labelled by name."""
     inlier = plane.dataset == 0
     colors, class_norm = _class_colors(plane.label[inlier])
+    x, y = plane.points[inlier].T
     ax.scatter(
-        *plane.points[inlier].T,
+        x,
+        y,
         c=colors,
         s=12,
         marker="o",
@@ -318,8 +331,10 @@ def _draw_points(
     )
     for set_id, name in enumerate(set_names[1:], start=1):
         chosen = plane.dataset == set_id
+        x, y = plane.points[chosen].T
         ax.scatter(
-            *plane.points[chosen].T,
+            x,
+            y,
             color=styles[name].color,
             marker=styles[name].marker,
             s=22,
@@ -341,7 +356,8 @@ def _decorate_plane(ax: Axes, plane: LatentPlane) -> None:
         ax.set_aspect("equal")
     for text, point in plane.landmarks.items():
         ax.plot(*point, marker="*", markersize=12, color="gold", markeredgecolor="black", zorder=5)
-        ax.annotate(text, point, xytext=(6, 6), textcoords="offset points", fontsize=8, zorder=5)
+        # The stub types xy as a tuple; matplotlib takes any pair, here an ndarray of two floats.
+        ax.annotate(text, point, xytext=(6, 6), textcoords="offset points", fontsize=8, zorder=5)  # type: ignore[arg-type]
 
 
 def _legends(
@@ -468,8 +484,10 @@ def _score_panel(
     mappable = None
     for set_id, set_name in enumerate(set_names):
         chosen = plane.dataset == set_id
+        x, y = plane.points[chosen].T
         mappable = ax.scatter(
-            *plane.points[chosen].T,
+            x,
+            y,
             c=values[chosen],
             cmap="viridis",
             norm=norm,
@@ -478,6 +496,7 @@ def _score_panel(
             edgecolors="none" if set_id == 0 else "black",
             linewidths=0.3,
         )
+    assert mappable is not None  # set_names holds at least the inlier set
     _score_colorbar(fig, mappable, ax, f"{name} (higher = more outlying)")
     _decorate_plane(ax, plane)
     ax.set_title(f"points coloured by {name}", fontsize=10)
@@ -524,7 +543,7 @@ def _histogram_panel(
             continue
         ax.hist(
             np.clip(chosen, low, high),
-            bins=bins,
+            bins=bins,  # type: ignore[arg-type]  # the stub omits ndarray, which hist accepts
             density=True,
             histtype="stepfilled",
             alpha=0.35,

@@ -14,6 +14,7 @@ from common.checks import check_at_least
 # Every score the registry (scoring.registry) implements; the one list of score names.
 SCORE_NAMES: tuple[str, ...] = (
     "hole_knn",
+    "hole_knn_posterior",
     "hole_posterior",
     "neg_elbo",
     "iwae_nll",

@@ -20,6 +20,7 @@ from scoring.metrics import labelled_ood_metrics
 from scoring.model import ScoringModel
 from scoring.registry import (
     BATCH_SCORES,
+    REFERENCE_INPUTS,
     REFERENCE_SCORES,
     SUBSET_LIMITS,
     ReferenceLatents,
@@ -31,6 +32,7 @@ from scoring.registry import (
 Metrics = dict[str, dict[str, dict[str, float]]]  # outlier -> score -> metric -> value
 # Columns every record has besides the scores; `mean` is the raw encoder output the bound is about.
 RECORD_KEYS = ("dataset", "index", "label", "latent", "mean")
+REFERENCE_COLUMNS = {column for column, _ in REFERENCE_INPUTS.values()}  # kept in the model's dtype
 
 
 @dataclass
@@ -83,7 +85,7 @@ def score_record(
         "label": labels,
         "latent": encoding.location.detach(),
         "mean": encoding.mean.detach(),
-        **{name: value.double() for name, value in scores.items()},
+        **{name: value if name in REFERENCE_COLUMNS else value.double() for name, value in scores.items()},
     }
 
 
@@ -151,7 +153,7 @@ def evaluate(
         raise ValueError(f"The scores {reference_names} need the reference latents of the training inliers.")
     for name in reference_names:
         assert reference is not None
-        columns[name] = REFERENCE_SCORES[name](columns["latent"], reference, settings).double()
+        columns[name] = REFERENCE_SCORES[name](columns, reference, settings).double()
     violations = None if latent_bound is None else bound_violations(columns, set_names, *latent_bound)
     columns = {key: value.cpu() for key, value in columns.items()}
     score_names = [name for name in settings.names if name in BATCH_SCORES or name in REFERENCE_SCORES]

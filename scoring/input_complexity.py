@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ from torch import Tensor
 
 # Image layouts Pillow writes as PNG from a uint8 array: channels -> what the array must look like.
 _CHANNELS_SUPPORTED = (1, 3, 4)
-_PNG_OPTIONS = {"format": "PNG", "optimize": True}
+_PNG_OPTIONS: dict[str, Any] = {"format": "PNG", "optimize": True}  # Image.save keywords
 
 
 def quantise(x: Tensor) -> np.ndarray:

@@ -142,7 +142,7 @@ def _encode_with(model: ScoringModel, copies: dict[str, Tensor], x: Tensor) -> E
     buffers = dict(model.encoder.named_buffers())
 
     def encode_one(parameters: dict[str, Tensor], image: Tensor) -> tuple[Tensor, Tensor]:
-        return functional_call(model.encoder, (parameters, buffers), (image.unsqueeze(0),))  # type: ignore[no-any-return]
+        return functional_call(model.encoder, (parameters, buffers), (image.unsqueeze(0),))
 
     mean, scale = vmap(encode_one)(copies, x)
     return model.encoding_from_outputs(mean.squeeze(1), scale.squeeze(1))

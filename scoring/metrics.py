@@ -6,9 +6,14 @@ score) pair the project reports:
 * ``auroc``: area under the ROC curve;
 * ``aupr_out``: average precision with outliers as the positive class;
 * ``aupr_in``: average precision with inliers as the positive class and the score negated;
-* ``fpr95`` / ``fpr80``: the false-positive rate at 95% / 80% true-positive rate, taken as the
-  smallest FPR among the exact ROC points whose TPR is at least the target (no interpolation).
-  Ties in the score form a single ROC point, so a tie straddling the target is counted whole.
+* ``fpr95`` / ``fpr80``: the false-positive rate at 95% / 80% true-positive rate with outliers
+  positive: the share of *inliers* flagged when 95% (80%) of the outliers are caught. Taken as
+  the smallest FPR among the exact ROC points whose TPR is at least the target (no
+  interpolation); ties in the score form a single ROC point, so a tie straddling the target is
+  counted whole.
+* ``fpr95_in``: the literature's FPR95 convention (Liang et al. 2018; Hendrycks et al. 2019),
+  inliers positive: the share of *outliers* accepted as inliers when 95% of the inliers are
+  accepted. The same ROC machinery on the negated score with inliers as the positive class.
 
 All values are exact, identical to scikit-learn's ``roc_auc_score``, ``average_precision_score``
 and ``roc_curve``. Two torchmetrics behaviours would break that and are worked around here:
@@ -35,7 +40,7 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
-OOD_METRIC_NAMES: tuple[str, ...] = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr80")
+OOD_METRIC_NAMES: tuple[str, ...] = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr80", "fpr95_in")
 FPR_TARGETS: dict[str, float] = {"fpr95": 0.95, "fpr80": 0.80}
 
 
@@ -68,6 +73,8 @@ def ood_metric_tensors(scores: Tensor, is_outlier: Tensor) -> dict[str, Tensor]:
     curve = roc_curve(scores, is_outlier)
     for name, target_tpr in FPR_TARGETS.items():
         results[name] = torch.tensor(curve.operating_point(target_tpr)[1], dtype=torch.float64)
+    accepted_outliers = roc_curve(-scores, ~is_outlier.bool()).operating_point(0.95)[1]
+    results["fpr95_in"] = torch.tensor(accepted_outliers, dtype=torch.float64)
     return {name: results[name].to(torch.float64) for name in OOD_METRIC_NAMES}
 
 

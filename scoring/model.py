@@ -36,7 +36,10 @@ class ImportanceSamples:
 class ScoringModel(Protocol):
     """A VAE as the scores see it (see docs/method.md, section 4)."""
 
-    encoder: nn.Module  # x -> (mean, scale); likelihood_regret optimises per-input copies of it
+    @property
+    def encoder(self) -> nn.Module:
+        """x -> (mean, scale); likelihood_regret optimises per-input copies of it (read-only here)."""
+        ...
 
     def encode(self, x: Tensor) -> Encoding: ...
 
@@ -47,6 +50,10 @@ class ScoringModel(Protocol):
     def decode(self, z: Tensor) -> Tensor: ...
 
     def prior(self, reference: Tensor) -> Distribution: ...
+
+    def sample_posterior(self, encoding: Encoding, samples: int, seeds: Tensor | None = None) -> Tensor:
+        """``[K, B, D]`` draws; with ``seeds`` each input's from its own seeded stream."""
+        ...
 
     def importance_samples(
         self, x: Tensor, samples: int, encoding: Encoding | None = None, seeds: Tensor | None = None

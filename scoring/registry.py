@@ -2,8 +2,9 @@
 
 Two kinds of score:
 - batch scores are functions of one batch and the model (likelihood baselines, hole_posterior);
-- reference scores need the whole set of training-inlier latents (hole_knn), so the callback
-  computes them after gathering every latent.
+- reference scores need the whole set of training-inlier latents (hole_knn, hole_knn_posterior),
+  so the pipeline computes them after gathering every record; what they need of each input
+  (its latent location, or K posterior draws) is recorded per batch (`REFERENCE_INPUTS`).
 Scores that share work (one encoding, one set of K posterior samples) share it through
 `ScoreContext`, which caches per batch.
 A score too costly for whole evaluated sets (likelihood_regret) is a subset score: it is computed
@@ -155,14 +156,48 @@ def hole_knn(queries: Tensor, reference: ReferenceLatents, settings: ScoreConfig
         queries,
         reference.latents,
         k=settings.knn_k,
-        metric=reference.metric,
+        metric=reference.metric,  # type: ignore[arg-type]
         chunk_size=settings.knn_chunk_size,
         reference_kth=reference.kth_distances,
     )
 
 
-REFERENCE_SCORES: dict[str, Callable[[Tensor, ReferenceLatents, ScoreConfig], Tensor]] = {
-    "hole_knn": hole_knn,
+def hole_knn_at_location(
+    columns: dict[str, Tensor], reference: ReferenceLatents, settings: ScoreConfig
+) -> Tensor:
+    """``hole_knn`` of each input's posterior location (its mean / mode)."""
+    return hole_knn(columns["latent"], reference, settings)
+
+
+def hole_knn_posterior(
+    columns: dict[str, Tensor], reference: ReferenceLatents, settings: ScoreConfig
+) -> Tensor:
+    """``hole_knn`` averaged over K posterior draws: the vacancy of the whole posterior q(z|x).
+
+    An input whose posterior is broad spreads its draws into vacant regions even when its location
+    sits among inliers; a concentrated posterior inside the inlier cloud keeps every draw there.
+    The draws come from each input's own seeded stream (recorded per batch), so the score does
+    not depend on the batch or process. docs/method.md, section 4.1.
+    """
+    draws = columns["posterior_draws"]  # [N, K, D]
+    count, samples, dim = draws.shape
+    return hole_knn(draws.reshape(count * samples, dim), reference, settings).view(count, samples).mean(dim=1)
+
+
+REFERENCE_SCORES: dict[str, Callable[[dict[str, Tensor], ReferenceLatents, ScoreConfig], Tensor]] = {
+    "hole_knn": hole_knn_at_location,
+    "hole_knn_posterior": hole_knn_posterior,
+}
+
+
+def posterior_draws(ctx: ScoreContext) -> Tensor:
+    """``[B, K, D]`` posterior draws of every input, K = ``scores.posterior_samples``."""
+    return ctx.model.sample_posterior(ctx.encoding, ctx.settings.posterior_samples, ctx.seeds).transpose(0, 1)
+
+
+# Per-input columns that reference scores read, recorded per batch: name -> (column, how to make it).
+REFERENCE_INPUTS: dict[str, tuple[str, Callable[[ScoreContext], Tensor]]] = {
+    "hole_knn_posterior": ("posterior_draws", posterior_draws),
 }
 
 
@@ -179,9 +214,13 @@ def score_batch(
     seeds: Tensor | None = None,
     indices: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Encoding]:
-    """All requested batch scores for one batch, plus the encoding (for latents and bounds)."""
+    """All requested batch scores for one batch (and the columns reference scores need), plus the encoding."""
     ctx = ScoreContext(model, x, settings, seeds, indices)
     scores = {name: BATCH_SCORES[name](ctx).detach() for name in names if name in BATCH_SCORES}
+    for name in names:
+        if name in REFERENCE_INPUTS:
+            column, make = REFERENCE_INPUTS[name]
+            scores[column] = make(ctx).detach()
     return scores, ctx.encoding
 
 

@@ -296,7 +296,12 @@ def test_npz_inlier_needs_train_and_test_arrays(tmp_path: Path) -> None:
         name: rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
         for name, count in (("train_images", 30), ("test_images", 12))
     }
-    np.savez(tmp_path / "both.npz", **splits, train_labels=np.zeros(30, dtype=np.int64))
+    np.savez(
+        tmp_path / "both.npz",
+        train_images=splits["train_images"],
+        test_images=splits["test_images"],
+        train_labels=np.zeros(30, dtype=np.int64),
+    )
     dm = make_dm(inlier=str(tmp_path / "both.npz"), outliers=["vflip"], val_fraction=0.1)
     assert dm.eval_set_names == ["both", "vflip"]
     assert [len(dataset(loader)) for loader in dm.test_dataloader()] == [12, 12]
@@ -436,8 +441,14 @@ def test_distributed_sampler_batches_through_collate() -> None:
     data = dataset(dm.val_dataloader()[0])
     seen = []
     for rank in range(2):
-        sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
-        loader = DataLoader(data, batch_size=16, sampler=sampler, collate_fn=collate_batch)
+        sampler: DistributedSampler[int] = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
+        loader = DataLoader(
+            data,
+            batch_size=16,
+            sampler=sampler,
+            # torch types collate_fn as taking a list of samples; __getitems__ hands it the batch.
+            collate_fn=collate_batch,
+        )
         for x, y, index in loader:
             assert x.shape[1:] == (1, 28, 28) and x.dtype == torch.float32
             assert len(x) == len(y) == len(index)

@@ -99,5 +99,5 @@ def _leaf_keys(node: object, prefix: str = "") -> list[str]:
     return [
         leaf
         for key in node
-        for leaf in _leaf_keys(node[key], f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+        for leaf in _leaf_keys(node[key], f"{prefix}{key!s}" if not prefix else f"{prefix}.{key!s}")
     ]

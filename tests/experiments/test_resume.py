@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -143,7 +144,7 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(
     target = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"global_step": 1}, target)
 
-    def fail_halfway(checkpoint: dict, stream) -> None:  # type: ignore[no-untyped-def]
+    def fail_halfway(checkpoint: dict, stream: IO[bytes]) -> None:
         stream.write(b"half a checkpoint")
         raise OSError("No space left on device")
 

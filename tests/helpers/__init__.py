@@ -78,7 +78,7 @@ def run_command(module: str, arguments: list[str], timeout: float = 600) -> subp
 
 
 def load_results(out_dir: Path) -> dict[str, Any]:
-    return json.loads((out_dir / "results.json").read_text())  # type: ignore[no-any-return]
+    return json.loads((out_dir / "results.json").read_text())
 
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:

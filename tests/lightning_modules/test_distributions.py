@@ -145,6 +145,7 @@ def test_rsample_kappa_gradient_is_unbiased(m: int, kappa: float, sampler: str) 
     z = draw(PowerSpherical(loc, scale), 1, sampler)[0]
     (z * loc).sum().backward()
     per_sample = scale.grad
+    assert per_sample is not None
     mc, se = per_sample.mean().item(), per_sample.std().item() / math.sqrt(n)
     assert abs(mc - (m - 1) / (kappa + m - 1) ** 2) <= 5 * se
 
@@ -259,12 +260,14 @@ def test_inverse_stereographic_sends_infinity_to_the_north_pole() -> None:
     assert torch.equal(z[:2], torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]))
     assert torch.allclose(z[2], torch.tensor([0.8, 0.0, 0.6]))
     z.sum().backward()
+    assert u.grad is not None
     assert torch.isfinite(u.grad).all()
 
 
 def test_inverse_stereographic_gradient_is_finite_everywhere() -> None:
     u = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1e30, -1e30]], requires_grad=True)
     inverse_stereographic(u).sum().backward()
+    assert u.grad is not None
     assert torch.isfinite(u.grad).all()
 
 
@@ -301,4 +304,5 @@ def test_everything_is_finite(
     assert (z.norm(dim=-1) - 1).abs().max() < 1e-5
     assert kl.item() >= -1e-6
     (log_q.mean() + entropy + kl + z.sum()).backward()
+    assert raw.grad is not None and scale.grad is not None
     assert torch.isfinite(raw.grad).all() and torch.isfinite(scale.grad).all()

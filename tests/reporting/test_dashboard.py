@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ from reporting.figures import (
     score_histogram_figure,
     sphere_frame,
 )
-from scoring.knn import hole_knn_score, reference_kth_distances
+from scoring.knn import KnnMetric, hole_knn_score, reference_kth_distances
 from scoring.metrics import ood_metrics
 from tests.helpers import tiny_overrides
 
@@ -80,7 +81,7 @@ def synthetic_latents(
     return latents, dataset, np.concatenate([labels, np.zeros(sum(SIZES[1:]), dtype=int)])
 
 
-def hole_scores(queries: np.ndarray, inliers: np.ndarray, metric: str) -> np.ndarray:
+def hole_scores(queries: np.ndarray, inliers: np.ndarray, metric: KnnMetric) -> np.ndarray:
     reference = torch.tensor(inliers, dtype=torch.float32)
     kth = reference_kth_distances(reference, 5, metric)
     return hole_knn_score(
@@ -103,27 +104,30 @@ def assert_not_blank(path: Path) -> None:
 
 def scatter_colors(fig: Figure) -> dict[str, tuple[float, ...]]:
     """First face colour of every labelled scatter collection in the figure, by label."""
+    # Matplotlib's stubs type labels as object and colours as any colour spec; a collection's
+    # label is a str and its face colours an (N, 4) RGBA array.
     return {
-        artist.get_label(): tuple(artist.get_facecolor()[0][:3])
+        cast(str, artist.get_label()): tuple(cast(np.ndarray, artist.get_facecolor())[0][:3])
         for ax in fig.axes
         for artist in ax.collections
-        if isinstance(artist, PathCollection) and not artist.get_label().startswith("_")
+        if isinstance(artist, PathCollection) and not cast(str, artist.get_label()).startswith("_")
     }
 
 
 def histogram_colors(fig: Figure) -> dict[str, tuple[float, ...]]:
     """Face colour of every labelled histogram (stepfilled polygon) in the first panel."""
+    # As above: a patch's label is a str and its face colour an RGBA tuple.
     return {
-        patch.get_label(): tuple(patch.get_facecolor()[:3])
+        cast(str, patch.get_label()): tuple(cast(tuple[float, ...], patch.get_facecolor())[:3])
         for patch in fig.axes[0].patches
-        if isinstance(patch, Polygon) and not patch.get_label().startswith("_")
+        if isinstance(patch, Polygon) and not cast(str, patch.get_label()).startswith("_")
     }
 
 
 def latent_figure(dim: int, kind: str) -> Figure:
     """The latent-space figure through the path the dashboard takes for this latent space."""
     latents, dataset, labels = synthetic_latents(dim, sphere=kind == "sphere")
-    metric = "geodesic" if kind == "sphere" else "euclidean"
+    metric: KnnMetric = "geodesic" if kind == "sphere" else "euclidean"
     plane_map = fit_plane_map(latents, dataset == 0, kind)
     points = plane_map.project(latents)
     plane = LatentPlane(

@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,8 +73,9 @@ def images(data_dir: Path) -> Tensor:
     return x
 
 
-def settings(**values: object) -> object:
-    return OmegaConf.structured(ScoreConfig(**values))  # type: ignore[arg-type]
+def settings(**values: Any) -> ScoreConfig:
+    """A validated ScoreConfig, as the structured config the runner passes (duck-typed)."""
+    return OmegaConf.structured(ScoreConfig(**values))
 
 
 def fresh_model(variant: str) -> BaseVAE:

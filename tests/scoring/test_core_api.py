@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 from scoring import HoleDetector, ood_metrics
 from scoring.config import ScoreConfig
-from scoring.evaluation import build_reference, deduplicate, evaluate
+from scoring.evaluation import build_reference, concatenate, deduplicate, evaluate, score_record
 from scoring.knn import hole_knn_score
+from scoring.registry import REFERENCE_SCORES, hole_knn
 from tests.helpers import REPO_ROOT
 
 
@@ -90,3 +93,39 @@ def test_pipeline_deduplicates_scores_and_counts_bound_violations() -> None:
     far = latents[:500].norm(dim=1) > 6.0
     assert evaluation.bound_violations == {"in": int(far[:300].sum()), "out": int(far[300:].sum())}
     assert evaluation.set_sizes() == {"in": 300, "out": 200}
+
+
+def tiny_model() -> Any:
+    from dataclasses import asdict
+
+    from lightning_modules.config import ModelConfig, OptimConfig
+    from lightning_modules.factory import build_model
+
+    torch.manual_seed(0)
+    model = ModelConfig(variant="alexandroff", lipschitz=None, latent_dim=3, width=4, hidden_dim=16)
+    return build_model(asdict(model), asdict(OptimConfig()), (1, 8, 8), max_epochs=1).eval()
+
+
+def test_hole_knn_posterior_averages_hole_knn_over_draws_and_ignores_the_batching() -> None:
+    model = tiny_model()
+    images = torch.rand(23, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    settings = ScoreConfig(names=["hole_knn", "hole_knn_posterior"], knn_k=5, posterior_samples=4)
+    with torch.no_grad():
+        reference = build_reference(model.encode(torch.rand(60, 1, 8, 8)).location, "geodesic", settings)
+
+    def scores(batch_size: int) -> dict[str, Tensor]:
+        records = []
+        for start in range(0, 23, batch_size):
+            index = torch.arange(start, min(start + batch_size, 23))
+            records.append(score_record(model, images[index], torch.zeros_like(index), index, 0, settings, 3))
+        columns = concatenate(records)
+        return {
+            name: REFERENCE_SCORES[name](columns, reference, settings) for name in settings.names
+        } | columns
+
+    whole, split = scores(23), scores(7)
+    torch.testing.assert_close(whole["hole_knn_posterior"], split["hole_knn_posterior"])
+    draws = whole["posterior_draws"]
+    assert draws.shape == (23, 4, 4)
+    per_draw = torch.stack([hole_knn(draws[:, k], reference, settings) for k in range(4)], dim=1)
+    torch.testing.assert_close(whole["hole_knn_posterior"], per_draw.mean(dim=1))

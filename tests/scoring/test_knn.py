@@ -152,7 +152,7 @@ def _brute_hole_knn(queries: Tensor, reference: Tensor, k: int, metric: str) -> 
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "geodesic"])
-def test_hole_knn_score_matches_definition(metric: str) -> None:
+def test_hole_knn_score_matches_definition(metric: knn.KnnMetric) -> None:
     make = _sphere if metric == "geodesic" else _points
     reference, queries = make(800, 5, 14), make(150, 5, 15)
     expected = _brute_hole_knn(queries, reference, 6, metric)

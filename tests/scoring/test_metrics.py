@@ -18,12 +18,15 @@ def _sklearn_metrics(scores: Tensor, is_outlier: Tensor) -> dict[str, float]:
     """The reference values, outliers positive, FPR at the first ROC point reaching the TPR."""
     s, y = scores.double().numpy(), is_outlier.numpy().astype(bool)
     fpr, tpr, _ = sklearn_roc_curve(y, s, drop_intermediate=False)
+    # Inliers positive, lower score = more inlying: the outliers accepted at 95% inlier recall.
+    accepted_outliers, accepted_inliers, _ = sklearn_roc_curve(~y, -s, drop_intermediate=False)
     return {
         "auroc": roc_auc_score(y, s),
         "aupr_in": average_precision_score(~y, -s),
         "aupr_out": average_precision_score(y, s),
         "fpr95": fpr[tpr >= 0.95].min(),
         "fpr80": fpr[tpr >= 0.80].min(),
+        "fpr95_in": accepted_outliers[accepted_inliers >= 0.95].min(),
     }
 
 

@@ -1,0 +1,410 @@
+"""The compact-latent study (issue 10): which compact configuration and hole score to make the default.
+
+    python -m benchmarks.compact_study [--stage train|select|report|all] [--seeds N] [--jobs J]
+                                       [--candidates NAME ...] [--out-dir DIR] [key=value ...]
+
+1. ``train``: every training candidate (``CANDIDATES``) x inlier benchmark (``BENCHMARKS``:
+   Fashion-MNIST against MNIST and five transforms, MNIST against Fashion-MNIST) x seed, each
+   one ``experiments.train`` run through the sweep runner (finished trials are skipped, killed
+   ones resume from ``last.ckpt``). Each run reports its test metrics as always.
+2. ``select``: the selection suite of the README ("Choosing the default"): for every seed-0 run,
+   the model's validation inliers against six corruptions of them (``datamodules.corruptions``),
+   scored with every candidate hole score (``HOLE_SCORES``) through the scoring core; the result
+   is cached as ``selection.json`` in the run folder. No outlier test set is read.
+3. ``report``: ``benchmarks/results/compact_study.json`` and ``compact_study.md`` (the selection
+   table, the rule's winner, and the test AUROCs of every run beside the classical ``gaussian``
+   VAE), plus PNG plots: AUROC against epochs, AUROC against L, and the variants side by side.
+
+The winner is chosen from the selection suite alone (``select_winner``); the test tables are
+written after it and never feed back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, hardware_info, write_result
+from benchmarks.quality import BENCHMARKS, REPO_ROOT
+from common.atomic_io import atomic_open, write_json
+from experiments.sweep import Trial, read_metrics, run_trials
+from scoring.config import ScoreConfig
+from scoring.keys import parse_metric_key
+
+DEFAULT_CONFIG = "experiments/configs/fmnist_vs_mnist.yaml"
+# Training candidates: name -> overrides of the default experiment. `compact` says whether the
+# candidate is admissible as the default (the classical VAE is the comparison row only).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "alexandroff_lipschitz_L1_e3": {
+        "compact": True,
+        "variant": "alexandroff_lipschitz",
+        "lipschitz": 1.0,
+        "epochs": 3,
+    },
+    "alexandroff_lipschitz_L1_e10": {
+        "compact": True,
+        "variant": "alexandroff_lipschitz",
+        "lipschitz": 1.0,
+        "epochs": 10,
+    },
+    "alexandroff_lipschitz_L4_e10": {
+        "compact": True,
+        "variant": "alexandroff_lipschitz",
+        "lipschitz": 4.0,
+        "epochs": 10,
+    },
+    "alexandroff_e10": {"compact": True, "variant": "alexandroff", "lipschitz": None, "epochs": 10},
+    "gaussian_e3": {"compact": False, "variant": "gaussian", "lipschitz": None, "epochs": 3},
+    "gaussian_e10": {"compact": False, "variant": "gaussian", "lipschitz": None, "epochs": 10},
+}
+# Candidate hole scores: name -> the scores settings that compute it (as `score`).
+HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
+    "hole_knn": ("hole_knn", {"knn_k": 100}),
+    "hole_knn_k10": ("hole_knn", {"knn_k": 10}),
+    "hole_knn_posterior": ("hole_knn_posterior", {"knn_k": 100}),
+}
+TEST_SCORES = [
+    "hole_knn",
+    "hole_knn_posterior",
+    "hole_posterior",
+    "neg_elbo",
+    "iwae_nll",
+    "recon",
+    "latent_norm",
+]
+BUDGET = [
+    "data.max_eval_samples=2000",
+    f"scores.names=[{','.join(TEST_SCORES)}]",
+    "plots.enabled=false",
+    "logger.mode=disabled",
+    "trainer.enable_progress_bar=false",
+]
+CORRUPTION_SEED = 1234
+TIE = 0.005  # worst-case AUROCs closer than this are a tie (README, "Choosing the default")
+
+
+@dataclass
+class StudyRun:
+    candidate: str
+    benchmark: str
+    seed: int
+    trial: Trial
+
+
+def candidate_overrides(name: str) -> list[str]:
+    spec = CANDIDATES[name]
+    lipschitz = "null" if spec["lipschitz"] is None else spec["lipschitz"]
+    return [
+        f"model.variant={spec['variant']}",
+        f"model.lipschitz={lipschitz}",
+        f"trainer.max_epochs={spec['epochs']}",
+    ]
+
+
+def make_runs(candidates: list[str], seeds: int, out_dir: Path, overrides: list[str]) -> list[StudyRun]:
+    """Seed-major, so an interrupted study holds whole seeds of every candidate."""
+    runs = []
+    for seed in range(seeds):
+        for benchmark in BENCHMARKS:
+            for candidate in candidates:
+                name = f"{benchmark}_{candidate}_seed{seed}"
+                trial = Trial(
+                    name, {"candidate": candidate, "benchmark": benchmark, "seed": seed}, out_dir / name
+                )
+                trial.command = [
+                    sys.executable, "-m", "experiments.train", str(REPO_ROOT / DEFAULT_CONFIG),
+                    *BENCHMARKS[benchmark], *candidate_overrides(candidate), *BUDGET, *overrides,
+                    f"seed={seed}", f"out_dir={trial.out_dir}",
+                ]  # fmt: skip
+                runs.append(StudyRun(candidate, benchmark, seed, trial))
+    return runs
+
+
+# ---------------------------------------------------------------------------- selection suite
+def best_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint the run selected by validation ELBO (ModelCheckpoint keeps the best one)."""
+    found = sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"Expected one selected checkpoint in {run_dir / 'checkpoints'}, found {found}."
+        )
+    return found[0]
+
+
+def best_validation_elbo(run_dir: Path) -> float:
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    for key, value in state["callbacks"].items():
+        if key.startswith("ModelCheckpoint"):
+            return float(value["best_model_score"])
+    raise KeyError(f"No ModelCheckpoint state in {run_dir / 'checkpoints' / 'last.ckpt'}.")
+
+
+@torch.no_grad()
+def selection_metrics(run_dir: Path) -> dict[str, Any]:
+    """Every candidate hole score's AUROC on validation inliers vs each corruption of them."""
+    from torch.utils.data import DataLoader
+
+    from datamodules.corruptions import SELECTION_CORRUPTIONS, corrupt
+    from datamodules.ood_datamodule import ImageTensorDataset, OODDataModule, collate_batch
+    from datamodules.sources import ImageSet
+    from lightning_modules.factory import load_model
+    from scoring.evaluation import build_reference, concatenate, evaluate, score_record
+
+    config = OmegaConf.load(run_dir / "config.yaml")
+    model = load_model(best_checkpoint(run_dir)).eval()
+    model.refresh_certificate()
+    datamodule = OODDataModule({**OmegaConf.to_container(config.data), "outliers": []})  # type: ignore[dict-item]
+    datamodule.setup("fit")
+    val_loader = datamodule.val_dataloader()[0]
+    val: ImageTensorDataset = val_loader.dataset  # type: ignore[assignment]
+    sets = [ImageSet("validation", val.images, val.labels)]
+    sets += [
+        ImageSet(name, corrupt(name, val.images, CORRUPTION_SEED), val.labels)
+        for name in SELECTION_CORRUPTIONS
+    ]
+    names = sorted({score for score, _ in HOLE_SCORES.values()})
+    recording = ScoreConfig(names=names, posterior_samples=int(config.scores.posterior_samples))
+    records = []
+    for set_id, image_set in enumerate(sets):
+        loader = DataLoader(
+            ImageTensorDataset(image_set), batch_size=val_loader.batch_size, collate_fn=collate_batch
+        )
+        for x, labels, indices in loader:
+            records.append(score_record(model, x, labels, indices, set_id, recording, int(config.seed)))
+    columns = concatenate(records)  # sorted by (set, index) already: sets in order, loaders unshuffled
+    reference_latents = torch.cat([model.encode(x).location for x, _, _ in datamodule.reference_dataloader()])
+    results: dict[str, dict[str, float]] = {}
+    for candidate, (score, settings) in HOLE_SCORES.items():
+        scores = ScoreConfig(names=[score], posterior_samples=recording.posterior_samples, **settings)
+        reference = build_reference(reference_latents, model.latent_metric, scores)
+        evaluation = evaluate(columns, [image_set.name for image_set in sets], scores, reference)
+        results[candidate] = {
+            corruption: values[score]["auroc"] for corruption, values in evaluation.metrics.items()
+        }
+    return {
+        "auroc": results,
+        "val_elbo": best_validation_elbo(run_dir),
+        "checkpoint": best_checkpoint(run_dir).name,
+    }
+
+
+def cached_selection(run: StudyRun) -> dict[str, Any] | None:
+    path = run.trial.out_dir / "selection.json"
+    if path.is_file():
+        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+    if not (run.trial.out_dir / "results.json").is_file():
+        return None
+    result = selection_metrics(run.trial.out_dir)
+    write_json(path, result)
+    print(f"selection suite: {run.trial.name}", flush=True)
+    return result
+
+
+def select_winner(selection: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The README's rule over admissible (candidate, hole score) pairs with both benchmarks measured."""
+    rows = []
+    for candidate, by_benchmark in selection.items():
+        if set(by_benchmark) != set(BENCHMARKS):
+            continue
+        for score in HOLE_SCORES:
+            values = [v for result in by_benchmark.values() for v in result["auroc"][score].values()]
+            rows.append(
+                {
+                    "candidate": candidate,
+                    "score": score,
+                    "admissible": CANDIDATES[candidate]["compact"],
+                    "worst": min(values),
+                    "mean": statistics.fmean(values),
+                    "val_elbo": statistics.fmean(result["val_elbo"] for result in by_benchmark.values()),
+                    "per_set": {
+                        f"{b}/{c}": v for b, r in by_benchmark.items() for c, v in r["auroc"][score].items()
+                    },
+                }
+            )
+    admissible = [row for row in rows if row["admissible"]]
+    if not admissible:
+        return {}, rows
+    best_worst = max(row["worst"] for row in admissible)
+    tied = [row for row in admissible if best_worst - row["worst"] <= TIE]
+    winner = max(tied, key=lambda row: (row["mean"], row["val_elbo"]))
+    return winner, rows
+
+
+# ---------------------------------------------------------------------------- test tables and plots
+def test_table(runs: list[StudyRun]) -> dict[str, Any]:
+    """{benchmark: {outlier: {score: {candidate: {mean, std, seeds}}}}} of test AUROC."""
+    values: dict[tuple[str, str, str, str], list[float]] = {}
+    for run in runs:
+        results = run.trial.out_dir / "results.json"
+        if not results.is_file():
+            continue
+        for key, value in read_metrics(results).items():
+            parts = parse_metric_key(key)
+            if parts is not None and parts.metric == "auroc":
+                values.setdefault((run.benchmark, parts.outlier, parts.score, run.candidate), []).append(
+                    value
+                )
+    table: dict[str, Any] = {}
+    for (benchmark, outlier, score, candidate), found in values.items():
+        cell = {"mean": statistics.fmean(found), "std": statistics.pstdev(found), "seeds": len(found)}
+        table.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(score, {})[candidate] = cell
+    return table
+
+
+def markdown(
+    winner: dict[str, Any], rows: list[dict[str, Any]], table: dict[str, Any], candidates: list[str]
+) -> str:
+    lines = [
+        "**Selection suite** (validation inliers vs six corruptions of them, Fashion-MNIST and MNIST "
+        "inliers, seed 0; no outlier test set): worst-case and mean AUROC over the 12 pairs",
+        "",
+        "| candidate | hole score | admissible | worst | mean | val ELBO |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda row: -row["worst"]):
+        mark = " **(winner)**" if row is winner else ""
+        lines.append(
+            f"| `{row['candidate']}`{mark} | `{row['score']}` | {'yes' if row['admissible'] else 'no'} | "
+            f"{row['worst']:.3f} | {row['mean']:.3f} | {row['val_elbo']:.1f} |"
+        )
+    lines += ["", "**Test AUROC** (mean ± std over seeds; `n` = seeds)", ""]
+    lines.append("| inliers | outliers | score | " + " | ".join(f"`{c}`" for c in candidates) + " |")
+    lines.append("|---|---|---|" + "---|" * len(candidates))
+    for benchmark, by_outlier in table.items():
+        for outlier, by_score in by_outlier.items():
+            for score in [name for name in TEST_SCORES if name in by_score]:
+                cells = []
+                for candidate in candidates:
+                    cell = by_score[score].get(candidate)
+                    cells.append(
+                        "n/a"
+                        if cell is None
+                        else f"{cell['mean']:.3f} ± {cell['std']:.3f} (n={cell['seeds']})"
+                    )
+                lines.append(f"| {benchmark} | {outlier} | `{score}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(table: dict[str, Any], directory: Path) -> list[Path]:
+    """AUROC against epochs, against L, and the variants side by side (hole_knn), as PNGs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def cell(benchmark: str, outlier: str, score: str, candidate: str) -> dict[str, float] | None:
+        return table.get(benchmark, {}).get(outlier, {}).get(score, {}).get(candidate)
+
+    outliers = [(benchmark, outlier) for benchmark, by_outlier in table.items() for outlier in by_outlier]
+    written = []
+    groups = {
+        "auroc_vs_epochs": [
+            ("alexandroff_lipschitz L=1", "alexandroff_lipschitz_L1_e{}"),
+            ("gaussian", "gaussian_e{}"),
+        ],
+        "auroc_vs_lipschitz": [("alexandroff_lipschitz, 10 epochs", "alexandroff_lipschitz_L{}_e10")],
+    }
+    axes_values = {"auroc_vs_epochs": [3, 10], "auroc_vs_lipschitz": [1, 4]}
+    directory.mkdir(parents=True, exist_ok=True)
+    for plot, lines in groups.items():
+        figure = Figure(figsize=(4.0 * len(outliers), 3.4), layout="constrained")
+        FigureCanvasAgg(figure)
+        for position, (benchmark, outlier) in enumerate(outliers):
+            axes = figure.add_subplot(1, len(outliers), position + 1)
+            for label, pattern in lines:
+                xs, means, stds = [], [], []
+                for x in axes_values[plot]:
+                    found = cell(benchmark, outlier, "hole_knn", pattern.format(x))
+                    if found is not None:
+                        xs.append(x)
+                        means.append(found["mean"])
+                        stds.append(found["std"])
+                if xs:
+                    axes.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+            axes.set_title(f"{benchmark} vs {outlier}", fontsize=9)
+            axes.set_xlabel("epochs" if plot == "auroc_vs_epochs" else "Lipschitz constant L")
+            axes.set_ylabel("hole_knn AUROC (test)")
+            axes.legend(fontsize=7)
+        path = directory / f"compact_study_{plot}.png"
+        figure.savefig(path, dpi=100)
+        written.append(path)
+    figure = Figure(figsize=(1.6 * len(outliers) + 3, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    candidates = sorted(
+        {c for by_outlier in table.values() for s in by_outlier.values() for c in s.get("hole_knn", {})}
+    )
+    width = 0.8 / max(len(candidates), 1)
+    for offset, candidate in enumerate(candidates):
+        heights = [(cell(b, o, "hole_knn", candidate) or {"mean": math.nan})["mean"] for b, o in outliers]
+        axes.bar([i + offset * width for i in range(len(outliers))], heights, width=width, label=candidate)
+    axes.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(outliers))], [f"{b[:5]}→{o}" for b, o in outliers], fontsize=7
+    )
+    axes.set_ylim(0.5, 1.0)
+    axes.set_ylabel("hole_knn AUROC (test)")
+    axes.legend(fontsize=7)
+    path = directory / "compact_study_variants.png"
+    figure.savefig(path, dpi=100)
+    written.append(path)
+    return written
+
+
+def main(arguments: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stage", choices=["train", "select", "report", "all"], default="all")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--out-dir", type=Path, default=Path("outputs/compact_study"))
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every training")
+    arguments = sys.argv[1:] if arguments is None else arguments
+    args = parser.parse_args(arguments)
+    os.environ.setdefault("DATA_DIR", str(DEFAULT_DATA_DIR))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    runs = make_runs(args.candidates, args.seeds, args.out_dir, args.overrides)
+    if args.stage in ("train", "all"):
+        run_trials([run.trial for run in runs], args.out_dir / "logs", args.jobs)
+    selection: dict[str, dict[str, Any]] = {}
+    if args.stage in ("select", "report", "all"):
+        for run in (run for run in runs if run.seed == 0):
+            found = cached_selection(run)
+            if found is not None:
+                selection.setdefault(run.candidate, {})[run.benchmark] = found
+    if args.stage in ("report", "all"):
+        winner, rows = select_winner(selection)
+        table = test_table(runs)
+        result = {
+            "command": " ".join(["python -m benchmarks.compact_study", *arguments]),
+            "rule": "README.md, 'Choosing the default'",
+            "candidates": {name: CANDIDATES[name] for name in args.candidates},
+            "hole_scores": HOLE_SCORES,
+            "budget": BUDGET,
+            "selection": selection,
+            "selection_rows": rows,
+            "winner": winner,
+            "test_auroc": table,
+            "hardware": hardware_info(),
+        }
+        path = write_result("compact_study", result, args.results_dir)
+        with atomic_open(args.results_dir / "compact_study.md", "w") as stream:
+            stream.write(markdown(winner, rows, table, args.candidates))
+        plots = plot_study(table, args.results_dir)
+        chosen = f"{winner['candidate']} with {winner['score']}" if winner else "none yet (runs missing)"
+        print(
+            f"Winner by the selection rule: {chosen}. Wrote {path}, compact_study.md and {len(plots)} plots."
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Synthetic outliers made from the inlier *validation* split, for choosing settings (not for reporting).
+
+The default configuration is chosen on these (README, "Choosing the default"), so they must share
+nothing with the evaluation suite: no flips, no noise, no constant images, no second dataset. Each
+corruption takes uint8 ``[N, C, H, W]`` images and a seeded generator and returns new images of the
+same shape and dtype; the random ones depend only on the images and the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Corruption = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+BLUR_SIGMA = 1.5  # pixels
+PATCH_GRID = 4  # patch_shuffle permutes a 4 x 4 grid of patches (7 x 7 pixels at 28 x 28)
+ERASE_FRACTION = 0.5  # erase blanks a square of half the image side (14 x 14 at 28 x 28)
+
+
+def invert(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return 255 - images
+
+
+def rot90(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.rot90(images, 1, dims=(-2, -1)).contiguous()
+
+
+def blur(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    radius = int(3 * BLUR_SIGMA)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(offsets**2) / (2 * BLUR_SIGMA**2))
+    kernel = kernel / kernel.sum()
+    x = images.float().flatten(0, 1).unsqueeze(1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return x.view(images.shape).round().clamp(0, 255).to(torch.uint8)
+
+
+def patch_shuffle(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Cut each image into a PATCH_GRID x PATCH_GRID grid of patches and permute them (per image)."""
+    count, channels, height, width = images.shape
+    rows, cols = height // PATCH_GRID, width // PATCH_GRID
+    cropped = images[..., : rows * PATCH_GRID, : cols * PATCH_GRID]
+    patches = cropped.reshape(count, channels, PATCH_GRID, rows, PATCH_GRID, cols).permute(0, 2, 4, 1, 3, 5)
+    patches = patches.reshape(count, PATCH_GRID * PATCH_GRID, channels, rows, cols)
+    order = torch.stack([torch.randperm(PATCH_GRID * PATCH_GRID, generator=generator) for _ in range(count)])
+    shuffled = patches[torch.arange(count).unsqueeze(1), order]
+    shuffled = shuffled.reshape(count, PATCH_GRID, PATCH_GRID, channels, rows, cols).permute(0, 3, 1, 4, 2, 5)
+    result = images.clone()
+    result[..., : rows * PATCH_GRID, : cols * PATCH_GRID] = shuffled.reshape(cropped.shape)
+    return result
+
+
+def mixup(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The mean of each image and another one (a derangement of the set: never itself)."""
+    count = images.shape[0]
+    shift = int(torch.randint(1, max(count, 2), (1,), generator=generator))
+    partners = images.roll(shift, dims=0)
+    return ((images.float() + partners.float()) / 2).round().to(torch.uint8)
+
+
+def erase(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    count, _, height, width = images.shape
+    size_h, size_w = int(height * ERASE_FRACTION), int(width * ERASE_FRACTION)
+    top = torch.randint(0, height - size_h + 1, (count,), generator=generator)
+    left = torch.randint(0, width - size_w + 1, (count,), generator=generator)
+    rows = torch.arange(height).view(1, height, 1)
+    cols = torch.arange(width).view(1, 1, width)
+    inside = (
+        (rows >= top.view(-1, 1, 1))
+        & (rows < (top + size_h).view(-1, 1, 1))
+        & (cols >= left.view(-1, 1, 1))
+        & (cols < (left + size_w).view(-1, 1, 1))
+    )
+    return images.masked_fill(inside.unsqueeze(1), 0)
+
+
+SELECTION_CORRUPTIONS: dict[str, Corruption] = {
+    "invert": invert,
+    "rot90": rot90,
+    "blur": blur,
+    "patch_shuffle": patch_shuffle,
+    "mixup": mixup,
+    "erase": erase,
+}
+
+
+def corrupt(name: str, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Apply corruption ``name`` with a fresh generator seeded by ``seed``."""
+    if name not in SELECTION_CORRUPTIONS:
+        raise ValueError(
+            f"Unknown corruption {name!r}; the corruptions are {', '.join(SELECTION_CORRUPTIONS)}."
+        )
+    return SELECTION_CORRUPTIONS[name](images, torch.Generator().manual_seed(seed))

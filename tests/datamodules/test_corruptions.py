@@ -1,0 +1,50 @@
+"""The selection-suite corruptions: shape and dtype kept, seeded, and each does what it says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules.corruptions import ERASE_FRACTION, SELECTION_CORRUPTIONS, corrupt
+from datamodules.transforms import OUTLIER_TRANSFORMS
+
+
+def images(count: int = 6) -> torch.Tensor:
+    return torch.randint(
+        0, 256, (count, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+
+
+@pytest.mark.parametrize("name", list(SELECTION_CORRUPTIONS))
+def test_shape_dtype_and_seed(name: str) -> None:
+    x = images()
+    first, again = corrupt(name, x, seed=3), corrupt(name, x, seed=3)
+    assert first.shape == x.shape and first.dtype == torch.uint8
+    assert torch.equal(first, again)
+    assert not torch.equal(first, x)
+
+
+def test_none_is_in_the_evaluation_suite() -> None:
+    """Selection must not see the evaluation's outliers (README, 'Choosing the default')."""
+    evaluated = {"hflip", "vflip", "gaussian_noise", "uniform_noise", "constant"}
+    assert not set(SELECTION_CORRUPTIONS) & evaluated
+    assert evaluated <= set(OUTLIER_TRANSFORMS)
+
+
+def test_patch_shuffle_permutes_patches_and_mixup_never_pairs_an_image_with_itself() -> None:
+    x = images()
+    shuffled = corrupt("patch_shuffle", x, seed=1)
+    for row in range(len(x)):
+        patches = x[row, 0].unfold(0, 7, 7).unfold(1, 7, 7).reshape(16, 49)
+        moved = shuffled[row, 0].unfold(0, 7, 7).unfold(1, 7, 7).reshape(16, 49)
+        assert sorted(map(tuple, patches.tolist())) == sorted(map(tuple, moved.tolist()))
+    mixed = corrupt("mixup", x, seed=1).float()
+    assert all(not torch.allclose(mixed[row], x[row].float(), atol=1) for row in range(len(x)))
+
+
+def test_erase_blanks_one_square_and_invert_reverses() -> None:
+    x = torch.full((3, 1, 28, 28), 200, dtype=torch.uint8)
+    erased = corrupt("erase", x, seed=2)
+    side = int(28 * ERASE_FRACTION)
+    assert ((erased == 0).flatten(1).sum(dim=1) == side * side).all()
+    assert torch.equal(corrupt("invert", corrupt("invert", x, 0), 0), x)
