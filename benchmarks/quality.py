@@ -37,6 +37,7 @@ from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, write_result
 from common.atomic_io import atomic_open
 from experiments.sweep import Trial, run_trials
 from lightning_modules.config import VARIANTS_BY_NAME
+from scoring.config import SCORE_NAMES
 from scoring.keys import parse_metric_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,16 +52,7 @@ BENCHMARKS: dict[str, list[str]] = {
     ],
     "mnist": ["experiment=quality_mnist", "data.inlier=mnist", "data.outliers=[fashion_mnist]"],
 }
-SCORES = [
-    "hole_knn",
-    "hole_posterior",
-    "neg_elbo",
-    "iwae_nll",
-    "recon",
-    "latent_norm",
-    "input_complexity",
-    "likelihood_regret",
-]
+SCORES = list(SCORE_NAMES)
 # The default experiment's training (3 epochs) and scoring (the full 54,000-latent hole_knn
 # reference, K = 16 samples), with the evaluation cut to fit a 2-core CPU (about an hour for the
 # 24 trials of 3 seeds): a seeded 2,000-image subset of every evaluation set, likelihood regret on

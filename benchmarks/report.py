@@ -170,7 +170,8 @@ def mean_auroc_over_outlier_sets(result: dict[str, Any]) -> str:
         "| score | " + " | ".join(f"`{variant}`" for variant in variants) + " |",
         "|---|" + "---|" * len(variants),
     ]
-    for score in SCORES:
+    measured = {score for by_score in cells for score in by_score}
+    for score in (score for score in SCORES if score in measured):
         means = []
         for variant in variants:
             found = [

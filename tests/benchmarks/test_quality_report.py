@@ -53,7 +53,7 @@ def test_every_variant_seed_and_benchmark_is_a_trial_with_its_own_settings(tmp_p
     assert all(name in mnist_outliers for name in ["mnist", *quality.TRANSFORMS])
 
 
-def test_the_command_runs_real_trials_and_writes_the_table(tmp_path: Path) -> None:
+def test_the_command_runs_real_trials_and_writes_the_table(tmp_path: Path, data_dir: Path) -> None:
     overrides = [item for item in tiny_overrides(tmp_path) if not item.startswith("out_dir=")]
     arguments = ["--seeds", "1", "--jobs", "1", "--variants", "alexandroff", "--benchmarks", "mnist"]
     arguments += ["--out-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]

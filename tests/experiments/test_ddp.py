@@ -6,21 +6,14 @@ as a subprocess, the way a user does.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from experiments import evaluate as evaluate_cli
 from experiments import train as train_cli
-from tests.helpers import REPO_ROOT, tiny_overrides
+from tests.helpers import flat_metrics, load_results, one_thread, run_command, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -29,48 +22,6 @@ DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
 # 151 inlier and 151 outlier test images: odd, so the distributed sampler pads one duplicate per
 # set; batches of 40 divide neither the 151 nor the 76 that each process gets.
 UNEVEN = {"data.max_eval_samples": "151", "data.eval_batch_size": "40"}
-
-
-def one_thread_environment() -> dict[str, str]:
-    """One OpenMP thread per process: test machines are shared, and oversubscribed OpenMP threads
-    spin-wait (the tests ran 6x slower with default threads on a busy 2-core machine)."""
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """The same for a run inside the test process; restores the thread count afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def run_command(module: str, arguments: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run `python -m module arguments` from the repository root, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *arguments],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=one_thread_environment(),
-    )
-
-
-def load_results(out_dir: Path) -> dict:
-    return json.loads((out_dir / "results.json").read_text())
-
-
-def flat_metrics(results: dict) -> dict[str, float]:
-    return {
-        f"{outlier}/{score}/{metric}": value
-        for outlier, by_score in results["metrics"].items()
-        for score, by_metric in by_score.items()
-        for metric, value in by_metric.items()
-    }
 
 
 @pytest.fixture(scope="module")
