@@ -143,7 +143,9 @@ def test_failed_run_keeps_earlier_outputs(trained_run: Path, capsys: pytest.Capt
     assert sorted(path.name for path in (trained_run / "checkpoints").iterdir()) == checkpoints
 
 
-def test_nan_loss_stops_with_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nan_loss_stops_with_a_clear_error(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = train_cli.run_cli(
         train_cli.main, tiny_overrides(tmp_path / "nan", **{"optim.lr": "1e30", "logger.mode": "disabled"})
     )
@@ -153,7 +155,9 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "nan" / "results.json").exists()
 
 
-def test_missing_outlier_path_names_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_outlier_path_names_the_path(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = train_cli.run_cli(
         train_cli.main, tiny_overrides(tmp_path / "out", **{"data.outliers": "[/no/such/dir]"})
     )
