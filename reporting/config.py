@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from common.checks import check_at_least
+from common.checks import check_at_least, check_choice
+
+# File formats the dashboard can write under OUT_DIR/plots/<stage>/ (W&B always receives PNG).
+PLOT_FORMATS = ("png", "pdf", "svg")
 
 
 @dataclass
@@ -19,8 +22,41 @@ class PlotConfig:
     # Cells per side of the grid on which the hole score shades the latent plane.
     grid_resolution: int = 80
     n_prior_samples: int = 16
+    # Hole views (when hole_knn's reference exists): latent points drawn uniformly (seeded by the
+    # run seed, so every epoch scores the same points) and scored by hole_knn; the hole_marked most
+    # vacant are ringed in the hole map, and the hole_gallery most vacant distinct holes decoded.
+    hole_samples: int = 4096
+    hole_marked: int = 100
+    hole_gallery: int = 8
+    # Resolution of raster output (PNG, and images embedded in PDF/SVG), in dots per inch.
+    dpi: int = 110
+    # Files written per figure; W&B is always sent PNG, whatever is listed here.
+    formats: list[str] = field(default_factory=lambda: ["png"])
 
     def __post_init__(self) -> None:
         check_at_least("plots.every_n_epochs", self.every_n_epochs, 0)
-        for key in ("max_points", "n_images", "grid_resolution", "n_prior_samples"):
+        for key in ("max_points", "n_images", "grid_resolution", "n_prior_samples", "hole_samples"):
             check_at_least(f"plots.{key}", getattr(self, key), 1)
+        for key in ("hole_marked", "hole_gallery"):
+            check_at_least(f"plots.{key}", getattr(self, key), 1)
+            if getattr(self, key) > self.hole_samples:
+                raise ValueError(
+                    f"Invalid value {getattr(self, key)!r} for 'plots.{key}': it must be at most "
+                    f"plots.hole_samples={self.hole_samples}, the points it is chosen from."
+                )
+        check_at_least("plots.dpi", self.dpi, 10)
+        self._check_formats()
+
+    def _check_formats(self) -> None:
+        """At least one known format, each once: an empty list would silently write nothing."""
+        if not self.formats:
+            raise ValueError(
+                "Invalid value [] for 'plots.formats': list at least one of "
+                f"{', '.join(PLOT_FORMATS)}; plots.enabled=false turns the figures off."
+            )
+        for position, name in enumerate(self.formats):
+            check_choice(f"plots.formats[{position}]", name, PLOT_FORMATS)
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError(
+                f"Invalid value {list(self.formats)!r} for 'plots.formats': a format is repeated."
+            )

@@ -1,16 +1,26 @@
 """The dashboard reporter: latent-space maps, score distributions, ROC curves, images and tables.
 
-It draws the Evaluation the evaluation callback hands it instead of scoring anything again, and
-runs on rank 0 only (every process holds the same gathered evaluation). Each figure is written as a PNG under
-``<out_dir>/plots/<stage>/`` and, when a ``WandbLogger`` is attached, logged to W&B; the
-per-sample tables go to W&B only (a PNG cannot be sorted or filtered).
+It draws the Evaluation the evaluation callback hands it instead of scoring anything again (the
+hole views score only uniform latent samples, never an input), and runs on rank 0 only (every
+process holds the same gathered evaluation). Each figure is written under
+``<out_dir>/plots/<stage>/`` in every format of ``plots.formats`` (png, pdf, svg; at ``plots.dpi``)
+and, when a ``WandbLogger`` is attached, logged to W&B as PNG; the per-sample tables go to W&B
+only (a picture cannot be sorted or filtered).
 
-Figures (``<name>`` below; validation files carry an ``_epochNNN`` suffix):
-- ``latent_space``: datasets and inlier classes in latent space, holes shaded where possible;
+Figures (``<name>.<format>`` below; validation files carry an ``_epochNNN`` suffix):
+- ``latent_space``: datasets and inlier classes (named for torchvision datasets) in latent space,
+  holes shaded where the plane is latent space (R^2, S^2), points coloured by hole_knn otherwise;
+- ``latent_holes``: uniform latent samples scored by hole_knn in the same plane, the most vacant
+  ringed, and how vacant the samples are next to the test inliers (reporting.holes);
+- ``hole_gallery``: images decoded in the most vacant distinct holes (at each one's most vacant
+  sample), beside the nearest test inlier (its input and its own decoding);
 - ``score_histograms``: every score, inliers vs each outlier set, with the FPR95 thresholds;
-- ``roc_<outlier>``: ROC curves of every score for one outlier set;
+- ``roc_<outlier>``: ROC curves of every score for one outlier set, FPR95 points marked, and a
+  low-FPR panel on a log axis;
 - ``reconstructions``: inputs above their reconstructions, per dataset;
 - ``prior_samples``: images decoded from draws of the prior.
+The two hole views need the hole_knn reference: they are drawn when ``hole_knn`` or
+``hole_knn_posterior`` was scored.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_modules.base import BaseVAE
 from lightning_modules.likelihoods import mean_image
 from reporting.base import ReportContext
+from reporting.classes import class_label, inlier_class_names
 from reporting.config import PlotConfig
 from reporting.figures import (
     LatentPlane,
@@ -41,10 +52,12 @@ from reporting.figures import (
     latent_space_figure,
     plane_grid,
     reconstruction_figure,
-    render_png,
+    render_figure,
     roc_figure,
     score_histogram_figure,
 )
+from reporting.hole_figures import HoleGallery, HoleMap, hole_gallery_figure, hole_map_figure
+from reporting.holes import HoleSamples, distinct_holes, nearest_points, sample_holes
 from scoring.config import ScoreConfig
 from scoring.evaluation import Evaluation
 from scoring.registry import ReferenceLatents, hole_knn
@@ -120,17 +133,27 @@ class Dashboard:
         )
         suffix = f"_epoch{context.epoch:03d}" if stage == "val" else ""
         for name, figure in self._figures(context, evaluation, columns, keep):
-            png = render_png(figure)
+            self._publish(figure, context, name, name + suffix)
             del figure  # built without pyplot: dropping the reference frees it
-            self._save(png, stage, name + suffix)
-            for logger in context.loggers:
-                logger.log_image(
-                    key=f"{stage}/plots/{name}",
-                    images=[Image.open(io.BytesIO(png))],
-                    step=context.global_step,
-                )
         if stage == "test" and context.loggers:
             self._log_tables(context, evaluation, columns, keep)
+
+    def _publish(self, figure: Figure, context: ReportContext, name: str, file_stem: str) -> None:
+        """Write the figure in every configured format; W&B gets the PNG whatever the formats."""
+        dpi = self.settings.dpi
+        formats = list(self.settings.formats) if self.out_dir is not None else []
+        files = {file_format: render_figure(figure, file_format, dpi) for file_format in formats}
+        for file_format, data in files.items():
+            self._save(data, context.stage, f"{file_stem}.{file_format}")
+        if not context.loggers:
+            return
+        png = files.get("png") or render_figure(figure, "png", dpi)
+        for logger in context.loggers:
+            logger.log_image(
+                key=f"{context.stage}/plots/{name}",
+                images=[Image.open(io.BytesIO(png))],
+                step=context.global_step,
+            )
 
     def _figures(
         self, context: ReportContext, evaluation: Evaluation, columns: dict[str, np.ndarray], keep: np.ndarray
@@ -141,7 +164,16 @@ class Dashboard:
         title = f"{model.variant} VAE, " + (
             "test" if context.stage == "test" else f"validation after epoch {context.epoch}"
         )
-        yield "latent_space", self._latent_figure(model, context.scores, evaluation, columns, keep, title)
+        class_names = inlier_class_names(context.run_info)
+        plane_map, plane = self._latent_plane(model, columns, keep, class_names)
+        yield (
+            "latent_space",
+            self._latent_figure(plane_map, plane, context.scores, evaluation, columns, keep, title),
+        )
+        if evaluation.reference is not None:
+            yield from self._hole_figures(
+                context, evaluation, evaluation.reference, columns, plane_map, plane, class_names, title
+            )
         scores = {name: columns[name] for name in evaluation.score_names}
         yield "score_histograms", score_histogram_figure(scores, columns["dataset"], set_names, title)
         inlier = columns["dataset"] == 0
@@ -171,16 +203,11 @@ class Dashboard:
             image_grid_figure(self._prior_samples(model, context.seed), f"{title}: decoded prior samples"),
         )
 
-    def _latent_figure(
-        self,
-        model: BaseVAE,
-        scores: ScoreConfig,
-        evaluation: Evaluation,
-        columns: dict[str, np.ndarray],
-        keep: np.ndarray,
-        title: str,
-    ) -> Figure:
-        """Shade the plane by hole_knn where every plane point is a latent point, else colour points."""
+    @staticmethod
+    def _latent_plane(
+        model: BaseVAE, columns: dict[str, np.ndarray], keep: np.ndarray, class_names: list[str] | None
+    ) -> tuple[PlaneMap, LatentPlane]:
+        """The map all latent figures of a report share (fitted on every inlier), and the kept points."""
         latents = columns["latent"].astype(np.float64)
         plane_map = fit_plane_map(latents, columns["dataset"] == 0, model.latent_kind)
         plane = LatentPlane(
@@ -191,7 +218,21 @@ class Dashboard:
             plane_map.description,
             plane_map.rim_radius,
             plane_map.landmarks(),
+            class_names,
         )
+        return plane_map, plane
+
+    def _latent_figure(
+        self,
+        plane_map: PlaneMap,
+        plane: LatentPlane,
+        scores: ScoreConfig,
+        evaluation: Evaluation,
+        columns: dict[str, np.ndarray],
+        keep: np.ndarray,
+        title: str,
+    ) -> Figure:
+        """Shade the plane by hole_knn where every plane point is a latent point, else colour points."""
         if plane_map.shadable and evaluation.reference is not None:
             shading = self._hole_shading(plane_map, plane.points, evaluation.reference, scores)
             return latent_space_figure(plane, evaluation.set_names, title, shading=shading)
@@ -212,6 +253,96 @@ class Dashboard:
         values = np.full(len(grid), np.nan)
         values[valid] = hole_knn(queries, reference, scores).cpu().numpy()
         return Shading(values.reshape(shape), extent, RANKING_SCORE)
+
+    def _hole_figures(
+        self,
+        context: ReportContext,
+        evaluation: Evaluation,
+        reference: ReferenceLatents,
+        columns: dict[str, np.ndarray],
+        plane_map: PlaneMap,
+        plane: LatentPlane,
+        class_names: list[str] | None,
+        title: str,
+    ) -> Iterator[tuple[str, Figure]]:
+        """The hole map and the hole gallery, both from one set of seeded uniform latent samples."""
+        model = context.model
+        samples = sample_holes(
+            model.latent_kind, reference, context.scores, self.settings.hole_samples, context.seed
+        )
+        drawn = (
+            f"{len(samples.vacancy)} latent points drawn {samples.region} (seed {context.seed}), scored by "
+            f"hole_knn against the {len(reference.latents)} training-inlier reference latents "
+            f"(k = {context.scores.knn_k})"
+        )
+        marked = samples.most_vacant(self.settings.hole_marked)
+        reference_points = reference.latents.detach().double().cpu().numpy()
+        shown = distinct_holes(samples, self.settings.hole_gallery, reference_points)
+        holes = HoleMap(
+            plane_map.project(samples.points),
+            samples.vacancy,
+            marked,
+            shown,
+            self._inlier_vacancy(columns, reference, context.scores),
+            f"{drawn}; rings: the {len(marked)} most vacant; numbered squares: the hole gallery's columns. "
+            f"{plane_map.limits}",
+        )
+        yield "latent_holes", hole_map_figure(plane, holes, evaluation.set_names[0], title)
+        gallery = self._gallery(model, samples, shown, columns, context.loaders[0], class_names, drawn)
+        yield "hole_gallery", hole_gallery_figure(gallery, title)
+
+    @staticmethod
+    def _inlier_vacancy(
+        columns: dict[str, np.ndarray], reference: ReferenceLatents, scores: ScoreConfig
+    ) -> np.ndarray:
+        """hole_knn of the evaluated inliers: their column, or scored here when it was not asked for."""
+        inlier = columns["dataset"] == 0
+        if RANKING_SCORE in columns:
+            return columns[RANKING_SCORE][inlier]
+        queries = torch.as_tensor(
+            columns["latent"][inlier], dtype=reference.latents.dtype, device=reference.latents.device
+        )
+        return hole_knn(queries, reference, scores).double().cpu().numpy()
+
+    def _gallery(
+        self,
+        model: BaseVAE,
+        samples: HoleSamples,
+        rows: np.ndarray,
+        columns: dict[str, np.ndarray],
+        inlier_loader: DataLoader,
+        class_names: list[str] | None,
+        drawn: str,
+    ) -> HoleGallery:
+        """Samples ``rows`` decoded beside the nearest evaluated inlier (training latents have no image)."""
+        metric = samples.metric
+        inlier_rows = np.flatnonzero(columns["dataset"] == 0)
+        nearest, distances = nearest_points(
+            samples.points[rows], columns["latent"][inlier_rows].astype(np.float64), metric
+        )
+        chosen = inlier_rows[nearest]
+        caption = (
+            f"Columns: the {len(rows)} most vacant of {drawn}, none inside the empty ball (reaching to "
+            "the nearest reference latent) of a more vacant one, so each shows a different hole. Under "
+            f"each: its number in the hole map, its hole_knn, its {metric} distance to the nearest test "
+            "inlier, and that inlier's class."
+        )
+        return HoleGallery(
+            self._decode(model, samples.points[rows]),
+            self._decode(model, columns["latent"][chosen]),
+            fetch_images(inlier_loader.dataset, columns["index"][chosen]).numpy(),
+            samples.vacancy[rows],
+            distances,
+            [class_label(int(label), class_names) for label in columns["label"][chosen]],
+            caption,
+        )
+
+    @staticmethod
+    def _decode(model: BaseVAE, latents: np.ndarray | Tensor) -> np.ndarray:
+        """Expected images decoded at latent points (any float array), as [N, C, H, W] in [0, 1]."""
+        # Lightning types dtype as str | torch.dtype; a module's is a torch.dtype.
+        z = torch.as_tensor(latents, dtype=cast(torch.dtype, model.dtype), device=model.device)
+        return mean_image(model.decode(z), model.likelihood).cpu().numpy()
 
     def _reconstructions(
         self,
@@ -236,12 +367,11 @@ class Dashboard:
         device = model.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            # Lightning types dtype as str | torch.dtype; a module's is a torch.dtype.
             dtype = cast(torch.dtype, model.dtype)
             z = model.prior(torch.zeros(1, device=device, dtype=dtype)).sample(
                 (self.settings.n_prior_samples,)
             )
-        return mean_image(model.decode(z), model.likelihood).cpu().numpy()
+        return self._decode(model, z)
 
     def _log_tables(
         self, context: ReportContext, evaluation: Evaluation, columns: dict[str, np.ndarray], keep: np.ndarray
@@ -319,9 +449,9 @@ class Dashboard:
         return names, rows
 
     # ------------------------------------------------------------------ plumbing
-    def _save(self, png: bytes, stage: str, file_stem: str) -> None:
+    def _save(self, data: bytes, stage: str, file_name: str) -> None:
         if self.out_dir is None:
             return
         folder = self.out_dir / PLOTS_DIR / stage
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{file_stem}.png").write_bytes(png)
+        (folder / file_name).write_bytes(data)

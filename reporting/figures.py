@@ -9,6 +9,9 @@ with Agg), and a figure is freed as soon as its last reference is dropped.
 Colours: ``dataset_styles`` is the one place that maps dataset names to colours and markers. The
 inlier set (always first in ``set_names``) is always ``INLIER_COLOR``; outlier sets take the
 outlier palette in ``set_names`` order, so a set keeps its colour in every figure of a run.
+Inliers and their classes are drawn in cool hues (blue, cyan, green, purple, grey) and outlier
+sets in warm ones (red, orange, magenta, brown, gold), so an outlier marker never passes for an
+inlier class; every colour is dark enough to read on white.
 """
 
 from __future__ import annotations
@@ -17,31 +20,48 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 from matplotlib.ticker import LogFormatter
 
+from reporting.classes import class_label
 from scoring.metrics import RocCurve, roc_curve
 
-INLIER_COLOR = "#404040"
-OUTLIER_COLORS = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+INLIER_COLOR = "#253494"
+OUTLIER_COLORS = ("#d62728", "#ff7f0e", "#e7298a", "#8c510a", "#7f0000", "#b8860b", "#f768a1", "#cc4c02")
 OUTLIER_MARKERS = ("X", "^", "s", "D", "P", "v", "*", "h")
 SCORE_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
-# Pastel qualitative colours keep inlier classes visually apart from the saturated outlier colours.
-CLASS_COLORMAP = "Set3"
-MAX_LEGEND_CLASSES = 12
-# Values beyond these quantiles are clipped into the edge bins / colour-scale ends, so one huge
-# score (a diverged likelihood, a noise image) cannot squash every other value into one bin.
-CLIP_QUANTILES = (0.005, 0.995)
+# Inlier classes: cool hues at two lightnesses, none close to an outlier colour, none pale.
+CLASS_COLORS = (
+    "#4292c6",
+    "#41ab5d",
+    "#807dba",
+    "#17a2b8",
+    "#969696",
+    "#08519c",
+    "#006d2c",
+    "#54278f",
+    "#0e6a73",
+    "#525252",
+)
+# More classes than CLASS_COLORS get a colour scale: viridis without its pale, warm yellow end.
+MANY_CLASSES_COLORMAP: Colormap = ListedColormap(
+    colormaps["viridis"](np.linspace(0.0, 0.8, 256)), name="viridis_cool"
+)
+UNLABELLED_COLOR = "#b0b0b0"
+# The range a histogram shows and a colour scale spans: values beyond these quantiles are counted
+# at the axis edge (histograms) or take the end colour, so one huge score (a diverged likelihood,
+# a noise image) cannot squash every other value into one bin.
+RANGE_QUANTILES = (0.005, 0.995)
 HISTOGRAM_BINS = 40
 DPI = 110
 # The outlier TPR whose threshold the histograms mark (the FPR95 operating point).
@@ -89,8 +109,8 @@ def roc_of(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> RocCurve:
 
 
 def clipped_range(values: np.ndarray) -> tuple[float, float]:
-    """The ``CLIP_QUANTILES`` range of ``values``, widened when it is empty (constant values)."""
-    low, high = np.quantile(values, CLIP_QUANTILES)
+    """The ``RANGE_QUANTILES`` range of ``values``, widened when it is empty (constant values)."""
+    low, high = np.quantile(values, RANGE_QUANTILES)
     if high <= low:
         low, high = low - 0.5, high + 0.5
     return float(low), float(high)
@@ -114,6 +134,11 @@ class PlaneMap(Protocol):
     @property
     def shadable(self) -> bool:
         """Every plane point is a latent point, so the plane can be scored (lift)."""
+        ...
+
+    @property
+    def limits(self) -> str:
+        """What the map can and cannot show about holes, for captions."""
         ...
 
     def project(self, latents: np.ndarray) -> np.ndarray: ...
@@ -150,6 +175,10 @@ class IdentityMap(_FlatMap):
     axis_labels: tuple[str, str] = ("z0", "z1")
     description: str = "latent coordinates"
     rim_radius: float | None = None
+    limits: str = (
+        "The latent space is two-dimensional and drawn as it is: what looks empty here is empty in latent "
+        "space."
+    )
 
     def project(self, latents: np.ndarray) -> np.ndarray:
         return latents[:, :2]
@@ -168,6 +197,15 @@ class PCAMap(_FlatMap):
     shadable: bool = False
     description: str = "PCA of the inlier latents"
     rim_radius: float | None = None
+
+    @property
+    def limits(self) -> str:
+        return (
+            f"PCA is a linear projection of {self.components.shape[1]}-dimensional latents: a sample's "
+            "colour is its vacancy in latent space, but points drawn side by side can lie far apart "
+            "there. An empty-looking area (such as the centre of the disk) is not a hole unless the "
+            "samples drawn in it are vacant, and a hole can be drawn on top of inliers."
+        )
 
     def project(self, latents: np.ndarray) -> np.ndarray:
         return (latents - self.centre) @ self.components.T
@@ -192,6 +230,10 @@ class LambertMap:
     axis_labels: tuple[str, str] = ("equal-area x", "equal-area y")
     description: str = "Lambert equal-area map of the sphere, centred on the inlier mean direction"
     rim_radius: float | None = 2.0
+    limits: str = (
+        "The equal-area map shows the whole sphere: a region's area is its true share of the sphere, "
+        "shapes stretch towards the rim, and the rim circle is one point (the antipode of the centre)."
+    )
 
     def project(self, latents: np.ndarray) -> np.ndarray:
         a, b, w = (latents @ self.frame.T).T
@@ -277,6 +319,7 @@ class LatentPlane:
     description: str
     rim_radius: float | None = None
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)
+    class_names: list[str] | None = None  # inlier class names by label; None: numbers are shown
 
 
 @dataclass
@@ -292,7 +335,7 @@ class Shading:
 LOG_SCALE_RATIO = 10.0
 
 
-def _score_norm(values: np.ndarray) -> Normalize:
+def score_norm(values: np.ndarray) -> Normalize:
     """Log scale for positive scores spanning orders of magnitude (hole_knn), else linear; clipped."""
     finite = values[np.isfinite(values)]
     low, high = clipped_range(finite)
@@ -301,14 +344,17 @@ def _score_norm(values: np.ndarray) -> Normalize:
     return Normalize(vmin=low, vmax=high, clip=True)
 
 
-def _class_colors(labels: np.ndarray) -> tuple[list[tuple[float, ...]], Normalize | None]:
+def class_color(label: int) -> str:
+    """The colour of one inlier class when there are few enough for a legend."""
+    return CLASS_COLORS[label] if label >= 0 else UNLABELLED_COLOR
+
+
+def _class_colors(labels: np.ndarray) -> tuple[list[Any], Normalize | None]:
     """A colour per point; a qualitative legend for few classes, a colour scale (norm) for many."""
-    if labels.size == 0 or labels.max(initial=0) < MAX_LEGEND_CLASSES:
-        cmap = colormaps[CLASS_COLORMAP]
-        return [cmap(int(label) % cmap.N) if label >= 0 else (0.7, 0.7, 0.7, 1.0) for label in labels], None
+    if labels.size == 0 or labels.max(initial=0) < len(CLASS_COLORS):
+        return [class_color(int(label)) for label in labels], None
     norm = Normalize(vmin=0, vmax=float(labels.max()))
-    cmap = colormaps["turbo"]
-    return [cmap(norm(label)) for label in labels], norm
+    return [MANY_CLASSES_COLORMAP(norm(label)) if label >= 0 else UNLABELLED_COLOR for label in labels], norm
 
 
 def _draw_points(
@@ -324,7 +370,7 @@ def _draw_points(
         c=colors,
         s=12,
         marker="o",
-        edgecolors="#555555",
+        edgecolors="white",
         linewidths=0.3,
         label=set_names[0],
         zorder=2,
@@ -347,7 +393,7 @@ def _draw_points(
     return class_norm
 
 
-def _decorate_plane(ax: Axes, plane: LatentPlane) -> None:
+def decorate_plane(ax: Axes, plane: LatentPlane) -> None:
     """Axis labels, the map's rim and its landmarks (the point at infinity on the sphere)."""
     ax.set_xlabel(plane.axis_labels[0])
     ax.set_ylabel(plane.axis_labels[1])
@@ -395,13 +441,12 @@ def _legends(
     fig.legend(handles=dataset_handles, loc="outside right upper", title="dataset", fontsize=8)
     if class_norm is not None:
         fig.colorbar(
-            ScalarMappable(norm=class_norm, cmap="turbo"),
+            ScalarMappable(norm=class_norm, cmap=MANY_CLASSES_COLORMAP),
             ax=ax,
-            label=f"{set_names[0]} class",
+            label=f"{set_names[0]} class (label)",
             location="left",
         )
         return
-    cmap = colormaps[CLASS_COLORMAP]
     classes = sorted({int(label) for label in plane.label[plane.dataset == 0]})
     class_handles = [
         Line2D(
@@ -409,9 +454,9 @@ def _legends(
             [],
             linestyle="",
             marker="o",
-            markerfacecolor=cmap(label % cmap.N) if label >= 0 else "0.7",
-            markeredgecolor="#555555",
-            label=str(label) if label >= 0 else "unlabelled",
+            markerfacecolor=class_color(label),
+            markeredgecolor="white",
+            label=class_label(label, plane.class_names),
         )
         for label in classes
     ]
@@ -445,15 +490,15 @@ def latent_space_figure(
             extent=shading.extent,
             origin="lower",
             cmap=cmap,
-            norm=_score_norm(shading.values),
+            norm=score_norm(shading.values),
             interpolation="nearest",
             alpha=0.8,
             zorder=1,
             aspect="auto",
         )  # fill the panel; only the sphere map forces equal axes
-        _score_colorbar(fig, image, ax, f"{shading.name} on the plane (dark = vacant hole)")
+        score_colorbar(fig, image, ax, f"{shading.name} on the plane (dark = vacant hole)")
     class_norm = _draw_points(ax, plane, set_names, styles)
-    _decorate_plane(ax, plane)
+    decorate_plane(ax, plane)
     ax.set_title("datasets and inlier classes" if panels == 2 else plane.description, fontsize=10)
     if panels == 2:
         _score_panel(fig, axes[1], plane, set_names, styles, point_score)  # type: ignore[arg-type]
@@ -462,7 +507,7 @@ def latent_space_figure(
     return fig
 
 
-def _score_colorbar(fig: Figure, mappable: ScalarMappable, ax: Axes, label: str) -> None:
+def score_colorbar(fig: Figure, mappable: ScalarMappable, ax: Axes, label: str) -> None:
     """A colour bar with plain numbers (2, 5, 10) rather than 2x10^0 on log scales."""
     colorbar = fig.colorbar(mappable, ax=ax, label=label, shrink=0.85)
     if isinstance(mappable.norm, LogNorm):
@@ -480,7 +525,7 @@ def _score_panel(
 ) -> None:
     """The same points coloured by a score (each set keeps its marker), with a colour bar."""
     name, values = point_score
-    norm = _score_norm(values)
+    norm = score_norm(values)
     mappable = None
     for set_id, set_name in enumerate(set_names):
         chosen = plane.dataset == set_id
@@ -497,12 +542,91 @@ def _score_panel(
             linewidths=0.3,
         )
     assert mappable is not None  # set_names holds at least the inlier set
-    _score_colorbar(fig, mappable, ax, f"{name} (higher = more outlying)")
-    _decorate_plane(ax, plane)
+    score_colorbar(fig, mappable, ax, f"{name} (higher = more outlying)")
+    decorate_plane(ax, plane)
     ax.set_title(f"points coloured by {name}", fontsize=10)
 
 
 # ---------------------------------------------------------------------------- scores
+@dataclass(frozen=True)
+class HistogramBins:
+    """Shared bin edges of one score's panel, and whether its x axis is logarithmic."""
+
+    edges: np.ndarray
+    log: bool
+
+    @property
+    def low(self) -> float:
+        return float(self.edges[0])
+
+    @property
+    def high(self) -> float:
+        return float(self.edges[-1])
+
+    def widths(self) -> np.ndarray:
+        """Bin widths in the axis's own units: decades on a log axis, so densities stay comparable."""
+        return np.diff(np.log10(self.edges) if self.log else self.edges)
+
+
+def histogram_bins(value_sets: Sequence[np.ndarray]) -> HistogramBins:
+    """Bins spanning every set's ``RANGE_QUANTILES`` range; logarithmic when positive and spanning decades.
+
+    Each set keeps all but its own extreme 1% on the axis, so a large set cannot push a small
+    one's tail off it. A likelihood-ratio-like score (hole_knn) piles most values near its
+    minimum and stretches over orders of magnitude; linear bins would put nearly all of it into
+    the first few.
+    """
+    ranges = np.array([clipped_range(values) for values in value_sets if values.size])
+    low, high = float(ranges[:, 0].min()), float(ranges[:, 1].max())
+    if low > 0 and high / low >= LOG_SCALE_RATIO:
+        return HistogramBins(np.geomspace(low, high, HISTOGRAM_BINS + 1), log=True)
+    return HistogramBins(np.linspace(low, high, HISTOGRAM_BINS + 1), log=False)
+
+
+def draw_histogram(
+    ax: Axes, values: np.ndarray, bins: HistogramBins, color: str, label: str, slot: int
+) -> None:
+    """The density of all of ``values`` over the shown range, and what lies beyond it.
+
+    Heights are normalised by the count of *all* values, so the area drawn is the share inside the
+    range; the rest is never piled into an edge bin (a fake spike) but counted beside an arrow at
+    the axis edge, at height ``slot`` (one per set, so sets never overlap).
+    """
+    counts, _ = np.histogram(values, bins.edges)
+    heights = counts / (max(values.size, 1) * bins.widths())
+    ax.stairs(heights, bins.edges, fill=True, alpha=0.3, color=color, linewidth=0, label=label)
+    ax.stairs(heights, bins.edges, color=color, linewidth=1.1)  # opaque outline: overlaps stay legible
+    height = 0.94 - 0.08 * slot
+    beyond = (
+        (int(np.sum(values < bins.low)), 0.0, "<", "left", 0.025),
+        (int(np.sum(values > bins.high)), 1.0, ">", "right", -0.025),
+    )
+    for count, edge, marker, align, offset in beyond:
+        if count == 0:
+            continue
+        ax.plot([edge], [height], marker=marker, color=color, transform=ax.transAxes, clip_on=False)
+        ax.text(
+            edge + offset,
+            height,
+            f"{count} ({count / values.size:.1%}) {'below' if edge == 0 else 'above'}",
+            transform=ax.transAxes,
+            ha=align,
+            va="center",
+            fontsize=7,
+            color=color,
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.0},
+        )
+
+
+def set_histogram_axis(ax: Axes, bins: HistogramBins, name: str) -> None:
+    """The panel's x range is exactly the binned range; a log axis says so in both axis labels."""
+    if bins.log:
+        ax.set_xscale("log")
+    ax.set_xlim(bins.low, bins.high)
+    ax.set_xlabel(f"{name} (higher = more outlying{', log scale' if bins.log else ''})")
+    ax.set_ylabel("density per decade" if bins.log else "density")
+
+
 def score_histogram_figure(
     scores: Mapping[str, np.ndarray], dataset: np.ndarray, set_names: Sequence[str], title: str
 ) -> Figure:
@@ -520,7 +644,12 @@ def score_histogram_figure(
         _histogram_panel(ax, name, values, dataset, set_names, styles)
     for ax in axes[len(scores) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{title}\ndashed: threshold flagging 95% of an outlier set (legend: inlier FPR there)")
+    low, high = (f"{quantile:.1%}" for quantile in RANGE_QUANTILES)
+    fig.suptitle(
+        f"{title}\ndashed: threshold flagging 95% of an outlier set (legend: inlier FPR there); "
+        f"axes span every set's {low}-{high} quantiles,\narrows count its values beyond them (areas are "
+        "shares of all of a set's values)"
+    )
     return fig
 
 
@@ -534,36 +663,26 @@ def _histogram_panel(
 ) -> None:
     scored = ~np.isnan(values)  # a subset score (likelihood_regret) is NaN where it did not score
     values, dataset = values[scored], dataset[scored]
-    low, high = clipped_range(values)
-    bins = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    bins = histogram_bins([values[dataset == set_id] for set_id in range(len(set_names))])
     inlier_values = values[dataset == 0]
     for set_id, set_name in enumerate(set_names):
         chosen = values[dataset == set_id]
         if chosen.size == 0:
             continue
-        ax.hist(
-            np.clip(chosen, low, high),
-            bins=bins,  # type: ignore[arg-type]  # the stub omits ndarray, which hist accepts
-            density=True,
-            histtype="stepfilled",
-            alpha=0.35,
-            color=styles[set_name].color,
-            edgecolor=styles[set_name].color,
-            linewidth=1.0,
-            label=set_name,
-        )
+        draw_histogram(ax, chosen, bins, styles[set_name].color, set_name, set_id)
         if set_id > 0:
             threshold, fpr = roc_of(inlier_values, chosen).operating_point(TPR_LEVEL)
+            shown = bins.low <= threshold <= bins.high
             ax.axvline(
                 threshold,
                 color=styles[set_name].color,
                 linestyle="--",
                 linewidth=1.2,
-                label=f"{set_name} TPR95 threshold (FPR {fpr:.2f})",
+                label=f"{set_name} TPR95 threshold (FPR {fpr:.2f})"
+                + ("" if shown else f", {threshold:.3g}: beyond the axis"),
             )
+    set_histogram_axis(ax, bins, name)
     ax.set_title(name, fontsize=10)
-    ax.set_xlabel(f"{name} (higher = more outlying)")
-    ax.set_ylabel("density")
     # Beside the panel, never over the bars; constrained layout makes room for it.
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
@@ -577,35 +696,55 @@ def roc_figure(
 ) -> Figure:
     """ROC curves of every score for one outlier set (outliers positive), with the evaluation's AUROCs.
 
-    Lines are coloured by score; the title takes the outlier set's colour, which needs all of
-    ``set_names`` to be the same as in the other figures.
+    The left panel is the whole curve; the right one has a log FPR axis, where detectors that differ
+    only at low false-positive rates (what a deployed detector runs at) come apart. A dot marks
+    each score's FPR95 point, taken from the curve as the metrics take it. Lines are coloured by
+    score; the title takes the outlier set's colour, which needs all of ``set_names`` to be the
+    same as in the other figures.
     """
     inlier_name = set_names[0]
     colors = score_colors(list(inlier_scores))
-    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], linestyle=":", color="0.5", label="chance (AUROC 0.5)")
-    for name, inliers in inlier_scores.items():
-        curve = roc_of(inliers, outlier_scores[name])
-        auroc = aurocs[name]
-        ax.plot(
-            curve.fpr.numpy(),
-            curve.tpr.numpy(),
-            color=colors[name],
-            linewidth=1.6,
-            label=f"{name} (AUROC {auroc:.3f})",
-        )
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel(f"false-positive rate ({inlier_name} flagged)")
-    ax.set_ylabel(f"true-positive rate ({outlier_name} flagged)")
-    ax.set_title(
+    curves = {name: roc_of(inliers, outlier_scores[name]) for name, inliers in inlier_scores.items()}
+    # The smallest non-zero FPR the inlier set can show: the left edge of the log panel.
+    smallest = 1 / max(1, min(int(np.sum(~np.isnan(inliers))) for inliers in inlier_scores.values()))
+    fig = Figure(figsize=(10.8, 5.4), layout="constrained")
+    full, low_fpr = fig.subplots(1, 2)
+    low_fpr.set_xscale("log")
+    for ax, chance in ((full, np.linspace(0, 1, 2)), (low_fpr, np.geomspace(smallest, 1, 64))):
+        ax.plot(chance, chance, linestyle=":", color="0.5", label="chance (AUROC 0.5)")
+        ax.axhline(TPR_LEVEL, color="0.6", linewidth=0.8, linestyle="--", label=f"TPR {TPR_LEVEL:.0%}")
+        for name, curve in curves.items():
+            _draw_roc(ax, curve, colors[name], name, aurocs[name], smallest)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel(f"false-positive rate ({inlier_name} flagged)")
+        ax.set_ylabel(f"true-positive rate ({outlier_name} flagged)")
+    full.set_xlim(0, 1)
+    full.set_aspect("equal")
+    full.set_title(
         f"ROC: {outlier_name} (positive) vs {inlier_name}",
         color=dataset_styles(set_names)[outlier_name].color,
     )
-    ax.legend(loc="lower right", fontsize=8)
+    full.legend(loc="lower right", fontsize=8)
+    low_fpr.set_xlim(smallest, 1)
+    low_fpr.set_title(
+        f"low-FPR region (log axis; left edge: 1 of {round(1 / smallest)} inliers)", fontsize=10
+    )
     return fig
+
+
+def _draw_roc(ax: Axes, curve: RocCurve, color: str, name: str, auroc: float, smallest: float) -> None:
+    """One score's curve with a dot at its FPR95 point (``operating_point``, as the metric is computed).
+
+    On a log axis an FPR of 0 has no place; its dot is drawn at the axis's left edge.
+    """
+    threshold, fpr = curve.operating_point(TPR_LEVEL)
+    tpr = float(curve.tpr[curve.thresholds == threshold][0])
+    label = f"{name} (AUROC {auroc:.3f}, FPR95 {fpr:.3f})"
+    ax.plot(curve.fpr.numpy(), curve.tpr.numpy(), color=color, linewidth=1.6, label=label)
+    shown = max(fpr, smallest) if ax.get_xscale() == "log" else fpr
+    ax.plot(
+        [shown], [tpr], linestyle="", marker="o", markersize=6, color=color, markeredgecolor="black", zorder=5
+    )
 
 
 # ---------------------------------------------------------------------------- images
@@ -624,7 +763,14 @@ def tile_images(images: np.ndarray, columns: int, pad: int = 1) -> np.ndarray:
     return mosaic[..., 0] if channels == 1 else mosaic
 
 
-def _show_mosaic(ax: Axes, mosaic: np.ndarray) -> None:
+def label_rows(ax: Axes, labels: Sequence[str], tile_height: int, pad: int = 1) -> None:
+    """Name each row of a ``tile_images`` mosaic at its own height (call after ``show_mosaic``)."""
+    ax.set_yticks([row * (tile_height + pad) + (tile_height - 1) / 2 for row in range(len(labels))])
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.tick_params(axis="y", length=0)
+
+
+def show_mosaic(ax: Axes, mosaic: np.ndarray) -> None:
     ax.imshow(mosaic, cmap="gray" if mosaic.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -633,15 +779,16 @@ def _show_mosaic(ax: Axes, mosaic: np.ndarray) -> None:
 def reconstruction_figure(
     pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], set_names: Sequence[str], title: str
 ) -> Figure:
-    """Per dataset: a row of inputs above the row of their reconstructions ([N, C, H, W] each)."""
+    """Per dataset: a row of inputs above the row of their reconstructions ([N, C, H, W] each), each
+    row named, so nobody has to guess which of two near-identical rows is the model's."""
     styles = dataset_styles(set_names)
     columns = max(len(inputs) for inputs, _ in pairs.values())
     fig = Figure(figsize=(max(5.0, 0.75 * columns + 1.5), 1.7 * len(pairs) + 0.7), layout="constrained")
     axes = fig.subplots(len(pairs), 1, squeeze=False)[:, 0]
     for ax, (name, (inputs, reconstructions)) in zip(axes, pairs.items()):
-        _show_mosaic(ax, tile_images(np.concatenate([inputs, reconstructions]), columns=len(inputs)))
+        show_mosaic(ax, tile_images(np.concatenate([inputs, reconstructions]), columns=len(inputs)))
         ax.set_title(name, color=styles[name].color, fontsize=10, loc="left")
-        ax.set_ylabel("input\nrecon.", fontsize=8)
+        label_rows(ax, ("input", "reconstruction"), inputs.shape[2])
     fig.suptitle(title)
     return fig
 
@@ -653,13 +800,16 @@ def image_grid_figure(images: np.ndarray, title: str) -> Figure:
         figsize=(0.8 * columns + 1.0, 0.8 * math.ceil(len(images) / columns) + 0.9), layout="constrained"
     )
     ax = fig.subplots()
-    _show_mosaic(ax, tile_images(images, columns))
+    show_mosaic(ax, tile_images(images, columns))
     ax.set_title(title, fontsize=10)
     return fig
 
 
-def render_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes (Agg), cropped to its content so nothing is cut off."""
+def render_figure(fig: Figure, file_format: str = "png", dpi: int = DPI) -> bytes:
+    """The figure as PNG, PDF or SVG bytes, cropped to its content so nothing is cut off.
+
+    ``dpi`` sets the PNG's resolution and that of the images a PDF or SVG embeds (mosaics, shading).
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(buffer, format=file_format, dpi=dpi, bbox_inches="tight", facecolor="white")
     return buffer.getvalue()

@@ -16,7 +16,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage, imread
-from matplotlib.patches import Polygon
+from matplotlib.patches import StepPatch
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
@@ -38,7 +38,7 @@ from reporting.figures import (
     latent_space_figure,
     plane_grid,
     reconstruction_figure,
-    render_png,
+    render_figure,
     roc_figure,
     roc_of,
     score_histogram_figure,
@@ -52,12 +52,15 @@ SET_NAMES = ["fashion_mnist", "mnist", "hflip"]
 SIZES = (300, 80, 80)
 FIGURE_NAMES = [
     "latent_space",
+    "latent_holes",
+    "hole_gallery",
     "score_histograms",
     "roc_mnist",
     "roc_hflip",
     "reconstructions",
     "prior_samples",
 ]
+FORMATS = ("png", "pdf")  # W&B is sent the PNG only
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -90,7 +93,7 @@ def hole_scores(queries: np.ndarray, inliers: np.ndarray, metric: KnnMetric) -> 
 
 
 def save(fig: Figure, path: Path) -> Path:
-    path.write_bytes(render_png(fig))
+    path.write_bytes(render_figure(fig))
     return path
 
 
@@ -115,12 +118,12 @@ def scatter_colors(fig: Figure) -> dict[str, tuple[float, ...]]:
 
 
 def histogram_colors(fig: Figure) -> dict[str, tuple[float, ...]]:
-    """Face colour of every labelled histogram (stepfilled polygon) in the first panel."""
+    """Face colour of every labelled histogram (filled step patch) in the first panel."""
     # As above: a patch's label is a str and its face colour an RGBA tuple.
     return {
         cast(str, patch.get_label()): tuple(cast(tuple[float, ...], patch.get_facecolor())[:3])
         for patch in fig.axes[0].patches
-        if isinstance(patch, Polygon) and not cast(str, patch.get_label()).startswith("_")
+        if isinstance(patch, StepPatch) and not cast(str, patch.get_label()).startswith("_")
     }
 
 
@@ -314,7 +317,8 @@ def train_with_dashboard(out_dir: Path) -> None:
         to_dict(config.model), to_dict(config.optim), datamodule.image_shape, config.trainer.max_epochs
     )
     scores = OmegaConf.to_object(config.scores)
-    evaluation = OODEvaluation(scores, [Dashboard(PlotConfig(n_images=4), out_dir)], run_info(config))  # type: ignore[arg-type]
+    plots = PlotConfig(n_images=4, hole_samples=1024, formats=list(FORMATS))
+    evaluation = OODEvaluation(scores, [Dashboard(plots, out_dir)], run_info(config))  # type: ignore[arg-type]
     logger = WandbLogger(project="dashboard-test", save_dir=str(out_dir), offline=True)
     trainer = build_trainer(
         config, out_dir, [evaluation], logger, enable_checkpointing=False, accelerator="cpu"
@@ -328,13 +332,16 @@ def train_with_dashboard(out_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "suffix"), [("val", "_epoch000"), ("test", "")])
-def test_every_figure_is_written_as_a_png(dashboard_run: DashboardRun, stage: str, suffix: str) -> None:
+def test_every_figure_is_written_in_every_format(
+    dashboard_run: DashboardRun, stage: str, suffix: str
+) -> None:
     folder = dashboard_run.out_dir / "plots" / stage
     assert sorted(path.name for path in folder.iterdir()) == sorted(
-        f"{name}{suffix}.png" for name in FIGURE_NAMES
+        f"{name}{suffix}.{file_format}" for name in FIGURE_NAMES for file_format in FORMATS
     )
     for name in FIGURE_NAMES:
         assert_not_blank(folder / f"{name}{suffix}.png")
+        assert (folder / f"{name}{suffix}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 @pytest.mark.slow
