@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from common.checks import check_at_least, check_choice
@@ -51,6 +52,10 @@ LOGGER_MODES = ("offline", "online", "disabled")
 
 @dataclass
 class TrainerConfig:
+    """Lightning Trainer arguments. `devices` and `limit_*_batches` take several forms (a count, a
+    fraction, a list of device indices), so their type is Any and ``__post_init__`` checks them:
+    Lightning itself would reject a bad value only after the data has loaded."""
+
     max_epochs: int = 3
     accelerator: str = "auto"
     devices: Any = 1
@@ -64,6 +69,58 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     deterministic: bool = False
     enable_progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("max_epochs", "num_nodes", "log_every_n_steps"):
+            check_at_least(f"trainer.{key}", getattr(self, key), 1)
+        check_at_least("trainer.gradient_clip_val", self.gradient_clip_val, 0)
+        check_devices(self.devices)
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            check_batch_limit(f"trainer.{key}", getattr(self, key))
+
+
+def check_devices(devices: Any) -> None:
+    """Lightning's forms: a count >= 1, -1 (all), "auto", or device indices ([0, 1] or "0,1")."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        valid = (
+            text in ("auto", "-1")
+            or bool(text)
+            and all(part.strip().isdigit() for part in text.rstrip(",").split(","))
+        )
+    elif isinstance(devices, bool):
+        valid = False
+    elif isinstance(devices, int):
+        valid = devices == -1 or devices >= 1
+    else:
+        valid = (
+            isinstance(devices, list | ListConfig)
+            and bool(devices)
+            and all(
+                isinstance(index, int) and not isinstance(index, bool) and index >= 0 for index in devices
+            )
+        )
+    if not valid:
+        raise ValueError(
+            f"Invalid value {devices!r} for 'trainer.devices'. Give a number of devices "
+            f"(trainer.devices=2), -1 for all of them, auto, or the indices of the devices to use "
+            f"(trainer.devices=[0,1])."
+        )
+
+
+def check_batch_limit(key: str, limit: Any) -> None:
+    """Lightning's forms: a fraction of the batches in (0, 1] (a float) or a number of batches (an int)."""
+    if isinstance(limit, bool) or not isinstance(limit, int | float):
+        valid = False
+    elif isinstance(limit, float):
+        valid = 0.0 < limit <= 1.0
+    else:
+        valid = limit >= 1
+    if not valid:
+        raise ValueError(
+            f"Invalid value {limit!r} for '{key}'. Give a fraction of the batches in (0, 1] as a float "
+            f"({key}=0.25; 1.0 = all) or a whole number of batches >= 1 ({key}=10)."
+        )
 
 
 @dataclass
@@ -86,6 +143,9 @@ class TrainConfig:
     # Continue the interrupted run in out_dir from checkpoints/last.ckpt, exactly where it stopped:
     #   python -m experiments.train OUT_DIR/config.yaml resume=true
     resume: bool = False
+    # Resuming a finished run (results.json present) only says so; retest=true tests it again,
+    # after training further if trainer.max_epochs was raised.
+    retest: bool = False
     # checkpoints/last.ckpt is written every n training steps (0: only at epoch ends) and at every
     # epoch end, so a killed run loses at most n steps.
     checkpoint_every_n_steps: int = 200
@@ -144,6 +204,7 @@ def _merge(schema: Any, sources: Sequence[Any]) -> DictConfig:
     """Merge sources into a structured schema, turning OmegaConf's errors into ConfigErrors."""
     merged = OmegaConf.structured(schema)
     for source in sources:
+        _check_blocks(merged, source)
         try:
             merged = OmegaConf.merge(merged, source)
         except (ConfigKeyError, ConfigAttributeError) as error:
@@ -155,6 +216,26 @@ def _merge(schema: Any, sources: Sequence[Any]) -> DictConfig:
                 f"experiments/config.py."
             ) from None
     return merged
+
+
+def _check_blocks(schema: DictConfig, source: DictConfig, prefix: str = "") -> None:
+    """Reject a value given where the schema has a block of keys (`model: 5`).
+
+    OmegaConf's own error for this names no key ("key 'None'"), so it is caught here first.
+    """
+    blocks = {key: node for key, node in schema.items_ex(resolve=False) if isinstance(node, DictConfig)}
+    for key, given in source.items_ex(resolve=False):
+        name = f"{prefix}{key!s}"
+        expected = blocks.get(key)
+        if expected is None:
+            continue
+        if not isinstance(given, DictConfig):
+            raise ConfigError(
+                f"'{name}' is a block of keys ({', '.join(map(str, expected.keys()))}), but it is set to "
+                f"{given!r}. Write it as `{name}:` followed by indented `key: value` lines in the YAML "
+                f"file, or override one key at a time, e.g. {name}.{next(iter(expected.keys()))!s}=..."
+            )
+        _check_blocks(expected, given, name + ".")
 
 
 def _unknown_key_message(config: DictConfig, error: OmegaConfBaseException) -> str:
@@ -187,11 +268,29 @@ def load_config(schema: Any, config_path: str | None, overrides: Sequence[str]) 
                 f"Config file {path} does not exist. Available configs in {CONFIG_DIR}: "
                 f"{', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))}."
             )
-        sources.append(OmegaConf.load(path))
+        sources.append(_load_yaml(path))
     sources.append(_overrides_to_config(overrides))
     config = _merge(schema, sources)
     validate(config)
     return config
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    """A config file's contents, which must be YAML with a mapping of keys at the top level."""
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"Config file {path} is not valid YAML: {' '.join(str(error).split())}. Fix the syntax "
+            f"there (a list is written [a, b], a block as `key:` with indented `name: value` lines)."
+        ) from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(
+            f"Config file {path} holds a {type(loaded).__name__.removesuffix('Config').lower()} at "
+            f"the top level, but a run config is a mapping of keys (experiment:, model:, trainer:, "
+            f"...). See {DEFAULT_CONFIG} for the layout."
+        )
+    return loaded
 
 
 def validate(config: DictConfig) -> None:

@@ -3,7 +3,8 @@
     python -m experiments.evaluate ckpt=PATH [data.outliers=[mnist,hflip,/path/to/idx_dir]] [key=value ...]
 
 `data`, `scores`, `trainer` and `logger` default to the values the checkpoint was trained with;
-the outputs (results.json, scores.npz) go to out_dir, by default RUN_DIR/evaluate/<time>.
+the outputs (results.json, scores.npz) go to out_dir, by default RUN_DIR/evaluations/<time>/; an
+out_dir that holds anything (a training run above all) is refused, so nothing is overwritten.
 """
 
 from __future__ import annotations

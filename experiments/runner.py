@@ -6,6 +6,8 @@ outputs went.
 
 from __future__ import annotations
 
+import secrets
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from datamodules.ood_datamodule import OODDataModule
 from datamodules.resumable import ResumableDataModule
 from experiments.checkpoint_io import AtomicCheckpointIO
 from experiments.config import run_started_at
+from experiments.run_dir import check_resume_compatible, claim_run_dir, stored_run_config
 from lightning_modules.base import BaseVAE
 from lightning_modules.factory import build_model
 from reporting.base import Reporter
@@ -32,6 +35,14 @@ from scoring.config import ScoreConfig
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+WANDB_ID_FILE = Path("wandb") / "run_id.txt"
+# The flags of one invocation, not settings of the run: config.yaml stores them switched off.
+INVOCATION_FLAGS = ("resume", "retest")
+# What to do instead when a new run finds its out_dir taken.
+NEW_EVALUATION_HINT = " (leave out_dir unset to write to RUN_DIR/evaluations/<time>/ beside the training run)"
+NEW_TRAIN_HINT = (
+    ", or continue the run there with `python -m experiments.train OUT_DIR/config.yaml resume=true`"
+)
 
 
 def to_dict(config: DictConfig) -> dict[str, Any]:
@@ -51,7 +62,25 @@ def build_logger(config: DictConfig, out_dir: Path, run_name: str) -> WandbLogge
         save_dir=str(out_dir),
         offline=settings.mode == "offline",
         config=to_dict(config),
+        id=wandb_run_id(out_dir),
+        resume="allow",
     )
+
+
+def wandb_run_id(out_dir: Path) -> str:
+    """The folder's W&B run id, kept in OUT_DIR/wandb/run_id.txt so a resume continues the same run."""
+    path = out_dir / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    # W&B's own id form (8 lowercase letters and digits), made here: wandb has no public generator.
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    rank_zero_only(write_text)(path, run_id + "\n")
+    return run_id
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_open(path) as stream:
+        stream.write(text)
 
 
 def build_trainer(
@@ -77,24 +106,15 @@ def finish_logger(logger: WandbLogger | bool) -> None:
         logger.experiment.finish()
 
 
-def check_out_dir_is_new(out_dir: Path) -> None:
-    checkpoints = out_dir / CHECKPOINT_DIR
-    if checkpoints.is_dir() and any(checkpoints.iterdir()):
-        raise FileExistsError(
-            f"{out_dir} already holds a run (checkpoints in {checkpoints}). Nothing there is "
-            f"overwritten: choose another out_dir=PATH."
-        )
-
-
 def resume_checkpoint(out_dir: Path) -> Path:
     """OUT_DIR/checkpoints/last.ckpt of an interrupted run, after clearing its partial writes."""
     last = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if not last.is_file():
         raise FileNotFoundError(
             f"resume=true but {last} does not exist, so there is nothing to resume in "
-            f"out_dir={out_dir}. Check out_dir (resume with `python -m experiments.train "
-            f"OUT_DIR/config.yaml resume=true` from the directory the run started in), or start "
-            f"a new run without resume=true."
+            f"out_dir={out_dir}. Check the path (resume with `python -m experiments.train "
+            f"OUT_DIR/config.yaml resume=true`, which resumes into the folder holding that "
+            f"config.yaml), or start a new run without resume=true."
         )
     rank_zero_only(remove_partial_writes)(out_dir, last.parent)
     return last
@@ -102,14 +122,52 @@ def resume_checkpoint(out_dir: Path) -> Path:
 
 @rank_zero_only
 def save_run_config(config: DictConfig, out_dir: Path) -> None:
-    """config.yaml, written by one process, atomically: the resume command reads it back."""
-    with atomic_open(out_dir / "config.yaml") as stream:
-        stream.write(OmegaConf.to_yaml(config, resolve=True))
+    """config.yaml, written by one process, atomically: the resume command reads it back.
+
+    `resume` and `retest` are saved switched off: they ask one invocation to do something, so a
+    later `train OUT_DIR/config.yaml resume=true` must not inherit a re-test it did not ask for.
+    """
+    stored = config.copy()
+    for flag in INVOCATION_FLAGS:
+        if flag in stored:
+            stored[flag] = False
+    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(stored, resolve=True))
+
+
+class RelocatableCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose restored bookkeeping follows the run folder when it was moved or copied.
+
+    A checkpoint stores the absolute paths of the best models. Lightning keeps only
+    `best_model_path` (still pointing into the old folder) when the folder changed, and forgets
+    the scores of earlier epochs, so a copied run would test the original's file and could select
+    another best epoch than the uninterrupted run. Paths inside the stored folder are mapped into
+    this one, which holds the same files, and the whole state is restored.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        stored = state_dict.get("dirpath")
+        if stored is None or self.dirpath is None or stored == self.dirpath:
+            super().load_state_dict(state_dict)
+            return
+        old, new = Path(stored), Path(self.dirpath)
+
+        def moved(path: str) -> str:
+            return str(new / Path(path).name) if path and Path(path).parent == old else path
+
+        relocated = {**state_dict, "dirpath": self.dirpath}
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in relocated:
+                relocated[key] = moved(relocated[key])
+        if "best_k_models" in relocated:
+            relocated["best_k_models"] = {
+                moved(path): score for path, score in relocated["best_k_models"].items()
+            }
+        super().load_state_dict(relocated)
 
 
 def checkpoint_callbacks(config: DictConfig, out_dir: Path) -> tuple[ModelCheckpoint, ResumePoint]:
     """The best model by inlier validation ELBO, and last.ckpt to resume from."""
-    best = ModelCheckpoint(
+    best = RelocatableCheckpoint(
         dirpath=out_dir / CHECKPOINT_DIR,
         filename="epoch{epoch:03d}",
         auto_insert_metric_name=False,
@@ -127,11 +185,22 @@ def evaluation_callback(config: DictConfig, out_dir: Path) -> OODEvaluation:
 
 
 def train(config: DictConfig) -> Path:
-    """Fit (or resume fitting), select the checkpoint by inlier validation ELBO, test it, write outputs."""
+    """Fit (or resume fitting), select the checkpoint by inlier validation ELBO, test it, write outputs.
+
+    The folder is claimed for the whole run. Before any data is loaded, a new run checks that the
+    folder is empty, and a resume that last.ckpt reads and the overrides leave the run the same.
+    """
     out_dir = Path(config.out_dir)
-    resume_from = resume_checkpoint(out_dir) if config.resume else None
-    if resume_from is None:
-        check_out_dir_is_new(out_dir)
+    with claim_run_dir(out_dir, new_run_hint=None if config.resume else NEW_TRAIN_HINT):
+        resume_from = None
+        if config.resume:
+            resume_from = resume_checkpoint(out_dir)
+            check_resume_compatible(stored_run_config(resume_from), to_dict(config), out_dir)
+        fit_and_test(config, out_dir, resume_from)
+    return out_dir
+
+
+def fit_and_test(config: DictConfig, out_dir: Path, resume_from: Path | None) -> None:
     pl.seed_everything(config.seed, workers=True)
     datamodule = ResumableDataModule(config.data, config.seed)
     datamodule.prepare_data()
@@ -156,12 +225,20 @@ def train(config: DictConfig) -> Path:
         trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None)
     finally:
         finish_logger(logger)
-    return out_dir
 
 
 def evaluate(config: DictConfig, model: BaseVAE) -> Path:
-    """Score the configured outlier sets with a trained model; write the outputs."""
+    """Score the configured outlier sets with a trained model; write the outputs into a new folder.
+
+    The folder must be empty (claimed first): an evaluation never writes over a training run.
+    """
     out_dir = Path(config.out_dir)
+    with claim_run_dir(out_dir, new_run_hint=NEW_EVALUATION_HINT):
+        evaluate_into(config, model, out_dir)
+    return out_dir
+
+
+def evaluate_into(config: DictConfig, model: BaseVAE, out_dir: Path) -> None:
     pl.seed_everything(config.seed, workers=True)
     datamodule = OODDataModule(config.data)
     datamodule.prepare_data()
@@ -179,7 +256,6 @@ def evaluate(config: DictConfig, model: BaseVAE) -> Path:
         trainer.test(model, datamodule=datamodule)
     finally:
         finish_logger(logger)
-    return out_dir
 
 
 def run_info(config: DictConfig) -> dict[str, Any]:
@@ -197,6 +273,6 @@ def timestamp() -> str:
 
 
 def default_eval_dir(checkpoint: Path, stamp: str | None = None) -> Path:
-    """OUT_DIR/evaluate/<time> beside the run that wrote OUT_DIR/checkpoints/x.ckpt."""
+    """OUT_DIR/evaluations/<time> in the run that wrote OUT_DIR/checkpoints/x.ckpt, beside its files."""
     run_dir = checkpoint.resolve().parent.parent
-    return run_dir / "evaluate" / (stamp or timestamp())
+    return run_dir / "evaluations" / (stamp or timestamp())

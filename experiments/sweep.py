@@ -188,6 +188,8 @@ def run_trial(trial: Trial, command: list[str], log_path: Path) -> None:
         return
     if (trial.out_dir / "checkpoints" / "last.ckpt").is_file():
         command = [*command, "resume=true"]
+    elif trial.out_dir.is_dir() and any(trial.out_dir.iterdir()):
+        set_aside(trial.out_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     environment = {key: value for key, value in os.environ.items() if key != "OOD_RUN_STARTED"}
     started = time.perf_counter()
@@ -203,6 +205,18 @@ def run_trial(trial: Trial, command: list[str], log_path: Path) -> None:
     else:
         trial.status = "failed"
         trial.error = last_line(log_path)
+
+
+def set_aside(out_dir: Path) -> Path:
+    """Rename a trial folder killed before its first checkpoint, so the trial can start afresh.
+
+    A new run refuses a folder that holds anything; this one holds no checkpoint and no results
+    (only what a run writes first, such as config.yaml), but it is kept, never deleted.
+    """
+    aside = out_dir.with_name(f"{out_dir.name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir.rename(aside)
+    print(f"{out_dir} held an interrupted start without a checkpoint; moved it to {aside}", flush=True)
+    return aside
 
 
 def last_line(path: Path) -> str:

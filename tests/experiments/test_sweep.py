@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -187,3 +188,15 @@ def test_infinity_is_the_labelled_last_point_of_the_axis() -> None:
         "∞ (unconstrained)",
         "∞ (unconstrained)",
     ]
+
+
+def test_a_trial_killed_before_its_first_checkpoint_is_set_aside_and_rerun(tmp_path: Path) -> None:
+    """A re-run must not stop at a half-started trial folder, and must not delete it either."""
+    out_dir = tmp_path / "trial"
+    out_dir.mkdir()
+    (out_dir / "config.yaml").write_text("seed: 0\n")
+    trial = sweep_cli.Trial("trial", {}, out_dir)
+    sweep_cli.run_trial(trial, [sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path / "log.txt")
+    assert trial.status == "failed" and trial.returncode == 3
+    (aside,) = tmp_path.glob("trial.interrupted-*")
+    assert (aside / "config.yaml").read_text() == "seed: 0\n"

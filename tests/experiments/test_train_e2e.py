@@ -14,7 +14,7 @@ from experiments import evaluate as evaluate_cli
 from experiments import train as train_cli
 from tests.helpers import tiny_overrides
 
-METRIC_KEYS = {"auroc", "aupr_in", "aupr_out", "fpr95", "fpr80"}
+METRIC_KEYS = {"auroc", "aupr_in", "aupr_out", "fpr95", "fpr80", "fpr95_in"}
 RUN_WALL_SECONDS: dict[Path, float] = {}
 SCORES = ["neg_elbo", "iwae_nll", "recon", "latent_norm", "hole_posterior", "hole_knn"]
 
@@ -60,6 +60,8 @@ def assert_metrics_match_sklearn(out_dir: Path) -> None:
             assert metrics["aupr_in"] == pytest.approx(average_precision_score(1 - labels, -values), abs=1e-6)
             assert metrics["fpr95"] == pytest.approx(fpr_at_tpr(labels, values, 0.95), abs=1e-6)
             assert metrics["fpr80"] == pytest.approx(fpr_at_tpr(labels, values, 0.80), abs=1e-6)
+            # The literature's FPR95: inliers positive, the outliers accepted at 95% inlier recall.
+            assert metrics["fpr95_in"] == pytest.approx(fpr_at_tpr(1 - labels, -values, 0.95), abs=1e-6)
 
 
 def test_results_json_has_every_key(trained_run: Path) -> None:
