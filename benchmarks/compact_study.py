@@ -63,6 +63,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         "epochs": 10,
     },
     "alexandroff_e10": {"compact": True, "variant": "alexandroff", "lipschitz": None, "epochs": 10},
+    "alexandroff_lipschitz_aol_L1_e10": {
+        "compact": True,
+        "variant": "alexandroff_lipschitz",
+        "lipschitz": 1.0,
+        "epochs": 10,
+        "layers": "aol",
+    },
     "gaussian_e3": {"compact": False, "variant": "gaussian", "lipschitz": None, "epochs": 3},
     "gaussian_e10": {"compact": False, "variant": "gaussian", "lipschitz": None, "epochs": 10},
 }

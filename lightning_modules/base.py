@@ -67,6 +67,7 @@ class BaseVAE(pl.LightningModule):
             activation=model["activation"],
             lipschitz=model["lipschitz"] if self.constrained else None,
             power_iterations=model["power_iterations"],
+            lipschitz_layers=model.get("lipschitz_layers", "spectral"),  # older checkpoints: spectral
         )
         if self.constrained:
             # Convolution norms are norms of operators on a given input size: fix it now, so the

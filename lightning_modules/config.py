@@ -22,6 +22,7 @@ VARIANTS_BY_NAME: dict[str, tuple[str, bool]] = {  # name -> (latent space, Lips
 ACTIVATION_CHOICES = ("maxmin", "relu")
 LIKELIHOOD_CHOICES = ("bernoulli", "continuous_bernoulli")
 SCHEDULER_CHOICES = ("none", "cosine")
+LIPSCHITZ_LAYER_CHOICES = ("spectral", "aol")
 
 
 @dataclass
@@ -35,6 +36,9 @@ class ModelConfig:
     # Only for the Lipschitz variants: the fixed Lipschitz constant of the encoder's mean map
     # (inf trains the same architecture unconstrained: the end of a sweep over L).
     lipschitz: float | None = 1.0
+    # How each encoder layer is held at operator norm <= 1: "spectral" (divided by its power-iteration
+    # norm) or "aol" (almost-orthogonal rescaling, Prach and Lampert 2022; no power iteration).
+    lipschitz_layers: str = "spectral"
     power_iterations: int = 1
     certify_iterations: int = 2000
     kappa_floor: float = 1.0
@@ -56,6 +60,11 @@ class ModelConfig:
             problems.append(f"model.activation={self.activation!r} is not one of {list(ACTIVATION_CHOICES)}")
         if self.likelihood not in LIKELIHOOD_CHOICES:
             problems.append(f"model.likelihood={self.likelihood!r} is not one of {list(LIKELIHOOD_CHOICES)}")
+        if self.lipschitz_layers not in LIPSCHITZ_LAYER_CHOICES:
+            problems.append(
+                f"model.lipschitz_layers={self.lipschitz_layers!r} is not one of "
+                f"{list(LIPSCHITZ_LAYER_CHOICES)}"
+            )
         if not self.kappa_floor > 0:
             problems.append(f"model.kappa_floor={self.kappa_floor} must be > 0")
         if self.has_lipschitz_encoder:

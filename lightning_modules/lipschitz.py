@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "AOLConv2d",
+    "AOLLinear",
     "InvertibleDownsample",
     "LipschitzConv2d",
     "LipschitzLinear",
@@ -29,6 +31,9 @@ __all__ = [
 # Power iterations that seed sigma when a layer first knows its operator (construction for dense
 # layers, first forward for convolutions), so that even an untrained layer is normalised.
 _WARM_UP_ITERATIONS = 50
+
+# Floor of the AOL rescaling's denominators (an all-zero weight column / input channel).
+_AOL_EPS = 1e-12
 
 # Frequencies per batched SVD in the FFT bound: bounds memory for wide convolutions.
 _FFT_ELEMENTS_PER_CHUNK = 1 << 21
@@ -365,34 +370,15 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
         projection and the bound an over-estimate. Computed in float64.
         """
         self._require_operator()
-        weight = self.weight.detach().double()
-        grid: list[int] = []
-        selection_norm_sq = 1
-        for axis, (n, p, s, d, n_out) in enumerate(
-            zip(
-                (int(x) for x in self.input_size),
-                self.padding,
-                self.stride,
-                self.dilation,
-                self.u.shape[-2:],
-            )
-        ):
-            if self.padding_mode == "circular":
-                grid.append(n)
-                rows = (torch.arange(n_out) * s) % n
-                selection_norm_sq *= int(torch.bincount(rows, minlength=n).max())
-            else:
-                grid.append(n + 2 * p)
-            taps = (torch.arange(self.kernel_size[axis], device=weight.device) * d) % grid[-1]
-            shape = list(weight.shape)
-            shape[2 + axis] = grid[-1]
-            weight = weight.new_zeros(shape).index_add_(2 + axis, taps, weight)
-        spectrum = (
-            torch.fft.rfft2(weight).permute(2, 3, 0, 1).reshape(-1, self.out_channels, self.in_channels)
+        return conv_norm_bound(
+            self.weight,
+            tuple(int(x) for x in self.input_size),
+            tuple(self.u.shape[-2:]),
+            self.padding,
+            self.stride,
+            self.dilation,
+            self.padding_mode,
         )
-        chunk = max(1, _FFT_ELEMENTS_PER_CHUNK // (self.out_channels * self.in_channels))
-        largest = max(float(torch.linalg.matrix_norm(block, ord=2).max()) for block in spectrum.split(chunk))
-        return math.sqrt(selection_norm_sq) * largest
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -410,6 +396,123 @@ class LipschitzConv2d(_NormalisedOperator, nn.Conv2d):
     def extra_repr(self) -> str:
         size = tuple(int(s) for s in self.input_size) if self._norm_ready() else "unknown"
         return f"{super().extra_repr()}, n_power_iterations={self.n_power_iterations}, input_size={size}"
+
+
+class AOLLinear(nn.Linear):
+    """Almost-orthogonal Lipschitz linear layer (Prach and Lampert, ECCV 2022).
+
+    The weight is used as W D with D = diag(d), d_j = (sum_i |W^T W|_ij)^(-1/2). Their Theorem 1
+    proves |W D|_2 <= 1 for every W, so there is no power iteration, no buffer and no lag: the
+    bound holds at every step. Training pushes W^T W towards a diagonal (the rescaling wastes
+    nothing there), so the layer tends to orthogonal, with every singular value near 1 instead of
+    only the largest; compositions of such layers keep their certificate tight.
+    :meth:`certified_norm` is the exact float64 spectral norm of W D (at most 1 by the theorem).
+    """
+
+    def rescaled_weight(self) -> Tensor:
+        gram = (self.weight.t() @ self.weight).abs()
+        return self.weight * gram.sum(dim=1).clamp_min(_AOL_EPS).rsqrt()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.rescaled_weight(), self.bias)
+
+    @torch.no_grad()
+    def certified_norm(self) -> float:
+        return float(torch.linalg.matrix_norm(self.rescaled_weight().double(), ord=2))
+
+
+class AOLConv2d(nn.Conv2d):
+    """Almost-orthogonal Lipschitz convolution (Prach and Lampert, ECCV 2022), stride 1, 'same' size.
+
+    With P_ij(t) = sum_o sum_x K_oi(x) K_oj(x + t) the cross-correlations of the kernel's input
+    channels, input channel i is scaled by d_i = (sum_j sum_t |P_ij(t)|)^(-1/2), which bounds the
+    operator norm by 1 (their Theorem 2; with circular padding the Gram operator's kernel is P
+    wrapped around, whose absolute row sums are no larger). The certificate is not taken on
+    trust: :meth:`certified_norm` is the exact DFT bound of the rescaled kernel on the layer's
+    input size (``conv_norm_bound``), learnt from the first input like ``LipschitzConv2d``.
+    """
+
+    input_size: Tensor
+    padding: tuple[int, ...]  # integers: the constructor sets them
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, padding_mode: str = "circular"
+    ) -> None:
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"padding_mode={padding_mode!r} is not supported; use 'zeros' or 'circular'")
+        if kernel_size % 2 == 0:
+            raise ValueError(
+                f"AOLConv2d needs an odd kernel_size for a 'same'-size output, got {kernel_size}"
+            )
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding=(kernel_size - 1) // 2,
+            padding_mode=cast(Literal["zeros", "circular"], padding_mode),  # checked above
+        )
+        self.register_buffer("input_size", torch.zeros(2, dtype=torch.long))
+
+    def rescaled_weight(self) -> Tensor:
+        kernel = self.weight.transpose(0, 1)  # [in, out, kh, kw]: one "image" per input channel
+        height, width = self.weight.shape[-2:]
+        correlations = F.conv2d(kernel, kernel, padding=(height - 1, width - 1))  # [in, in, 2kh-1, 2kw-1]
+        scale = correlations.abs().sum(dim=(1, 2, 3)).clamp_min(_AOL_EPS).rsqrt()
+        return self.weight * scale.view(1, -1, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.input_size.all():
+            self.input_size.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
+        return self._conv_forward(x, self.rescaled_weight(), self.bias)
+
+    @torch.no_grad()
+    def certified_norm(self) -> float:
+        if not self.input_size.all():
+            raise RuntimeError(
+                "AOLConv2d has not seen an input yet, so its operator (its input size) is unknown"
+            )
+        size = tuple(int(x) for x in self.input_size)
+        return conv_norm_bound(
+            self.rescaled_weight(),
+            size,
+            size,
+            self.padding,
+            self.stride,
+            self.dilation,
+            self.padding_mode,
+        )
+
+
+def conv_norm_bound(
+    weight: Tensor,
+    input_size: tuple[int, ...],
+    output_size: tuple[int, ...],
+    padding: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    padding_mode: str,
+) -> float:
+    """Proven upper bound on the operator norm of a convolution (see LipschitzConv2d.raw_norm_bound)."""
+    weight = weight.detach().double()
+    out_channels, in_channels = weight.shape[:2]
+    kernel_size = weight.shape[2:]
+    grid: list[int] = []
+    selection_norm_sq = 1
+    for axis, (n, p, s, d, n_out) in enumerate(zip(input_size, padding, stride, dilation, output_size)):
+        if padding_mode == "circular":
+            grid.append(n)
+            rows = (torch.arange(n_out) * s) % n
+            selection_norm_sq *= int(torch.bincount(rows, minlength=n).max())
+        else:
+            grid.append(n + 2 * p)
+        taps = (torch.arange(kernel_size[axis], device=weight.device) * d) % grid[-1]
+        shape = list(weight.shape)
+        shape[2 + axis] = grid[-1]
+        weight = weight.new_zeros(shape).index_add_(2 + axis, taps, weight)
+    spectrum = torch.fft.rfft2(weight).permute(2, 3, 0, 1).reshape(-1, out_channels, in_channels)
+    chunk = max(1, _FFT_ELEMENTS_PER_CHUNK // (out_channels * in_channels))
+    largest = max(float(torch.linalg.matrix_norm(block, ord=2).max()) for block in spectrum.split(chunk))
+    return math.sqrt(selection_norm_sq) * largest
 
 
 class MaxMin(nn.Module):
@@ -468,7 +571,7 @@ def certified_lipschitz(module: nn.Module, extra_allowed: tuple[type[nn.Module],
     """Proven upper bound on the Lipschitz constant of a *sequential* chain of layers.
 
     The Lipschitz constant of a composition is at most the product of those of its parts, so the
-    bound is the product of :meth:`certified_norm` over every LipschitzLinear / LipschitzConv2d,
+    bound is the product of :meth:`certified_norm` over every Lipschitz / AOL linear or conv layer,
     with allow-listed modules (ReLU, MaxMin, InvertibleDownsample, Flatten, Identity) counting 1.
     This is valid only if the module *is* the composition of its layers in order: residual
     connections, concatenations or any other wiring break it. Hence only nn.Sequential is accepted
@@ -483,7 +586,7 @@ def certified_lipschitz(module: nn.Module, extra_allowed: tuple[type[nn.Module],
     allowed = _ONE_LIPSCHITZ + tuple(extra_allowed)
     bound = 1.0
     for name, layer in module.named_modules(remove_duplicate=False):
-        if isinstance(layer, _NormalisedOperator):
+        if isinstance(layer, (_NormalisedOperator, AOLLinear, AOLConv2d)):
             bound *= layer.certified_norm()
         elif not isinstance(layer, allowed):
             raise ValueError(

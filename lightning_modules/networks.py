@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from lightning_modules.config import ACTIVATION_CHOICES
 from lightning_modules.lipschitz import (
+    AOLConv2d,
+    AOLLinear,
     InvertibleDownsample,
     LipschitzConv2d,
     LipschitzLinear,
@@ -40,11 +42,22 @@ def check_image_shape(image_shape: tuple[int, int, int]) -> None:
         raise ValueError(f"Images need at least one channel, got shape {image_shape}.")
 
 
+def _aol_conv(
+    in_channels: int, out_channels: int, kernel_size: int, padding: int, padding_mode: str
+) -> nn.Conv2d:
+    """An AOLConv2d where the encoder asks for a 'same'-size convolution (its padding is implied)."""
+    if padding != (kernel_size - 1) // 2:
+        raise ValueError(f"AOL convolutions are 'same'-size: padding must be {(kernel_size - 1) // 2}")
+    return AOLConv2d(in_channels, out_channels, kernel_size, padding_mode=padding_mode)
+
+
 class Encoder(nn.Module):
     """x -> (mean parameters, scale parameters).
 
-    With `lipschitz=L` every layer of the mean path (trunk + mean head) is normalised to operator
-    norm 1 and the output is multiplied by L, so the mean map is L-Lipschitz. The scale head is
+    With `lipschitz=L` every layer of the mean path (trunk + mean head) has operator norm at most 1
+    and the output is multiplied by L, so the mean map is L-Lipschitz. `lipschitz_layers` says how:
+    "spectral" divides each weight by its power-iteration operator norm, "aol" rescales it as in
+    AOL (almost-orthogonal layers), docs/method.md section 3. The scale head is
     free: it does not move the latent location, so it cannot break the compactness guarantee.
     """
 
@@ -58,6 +71,7 @@ class Encoder(nn.Module):
         activation: str,
         lipschitz: float | None,
         power_iterations: int,
+        lipschitz_layers: str = "spectral",
     ) -> None:
         super().__init__()
         check_image_shape(image_shape)
@@ -66,6 +80,8 @@ class Encoder(nn.Module):
         linear: Callable[..., nn.Linear]
         if lipschitz is None:
             conv, linear = nn.Conv2d, nn.Linear
+        elif lipschitz_layers == "aol":
+            conv, linear = _aol_conv, AOLLinear
         else:
             conv = partial(LipschitzConv2d, n_power_iterations=power_iterations)
             linear = partial(LipschitzLinear, n_power_iterations=power_iterations)
