@@ -183,6 +183,9 @@ class OODEvaluation(Callback):
             batch_size=loader.batch_size,
             collate_fn=loader.collate_fn,
             num_workers=loader.num_workers,
+            # Its own generator: iterating draws a worker base seed, by default from the global RNG
+            # of the training steps, so which scores run at validation would change training.
+            generator=torch.Generator().manual_seed(self.seed),
         )
         parts = [model.encode(x.to(model.device)).location for x, _, _ in subset_loader]
         latents = gather_rows(trainer, torch.cat(parts))

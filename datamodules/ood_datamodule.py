@@ -130,7 +130,9 @@ class OODDataModule(pl.LightningDataModule):
     images are loaded in :meth:`setup` (once, later calls are no-ops) and downloaded, when
     ``data.download`` is true, in :meth:`prepare_data`. All randomness comes from
     ``data.split_seed`` and ``data.noise_seed``, except the training shuffle order, which follows
-    the global seed (``seed_everything``) so that repeated runs with different seeds differ.
+    the global seed (``seed_everything``) so that repeated runs with different seeds differ. The
+    evaluation loaders never draw from the global RNG, so which sets are evaluated cannot change
+    training.
     """
 
     def __init__(self, cfg: DataConfig | DictConfig | Mapping[str, Any]) -> None:
@@ -194,9 +196,16 @@ class OODDataModule(pl.LightningDataModule):
         return self._eval_loader(self._loaded().train)
 
     def _eval_loader(self, image_set: ImageSet) -> DataLoader:
-        return self._loader(image_set, self.cfg.eval_batch_size, shuffle=False)
+        # Every iteration of a DataLoader draws a worker base seed from its generator, by default
+        # the global RNG that also drives the training steps. Validation iterates one loader per
+        # outlier set (in the sanity check and between epochs), so without a generator of its own
+        # the list of evaluated sets would change the trained weights.
+        generator = torch.Generator().manual_seed(self.cfg.split_seed)
+        return self._loader(image_set, self.cfg.eval_batch_size, shuffle=False, generator=generator)
 
-    def _loader(self, image_set: ImageSet, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, image_set: ImageSet, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    ) -> DataLoader:
         return DataLoader(
             ImageTensorDataset(image_set),
             batch_size=batch_size,
@@ -205,6 +214,7 @@ class OODDataModule(pl.LightningDataModule):
             num_workers=self.cfg.num_workers,
             # torch types collate_fn as taking a list of samples; __getitems__ hands it the batch.
             collate_fn=collate_batch,
+            generator=generator,
         )
 
     def _loaded(self) -> _LoadedData:

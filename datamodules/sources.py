@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.datasets as tvd
 from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.idx import Split, idx_split_exists, load_idx_split
 from datamodules.transforms import OUTLIER_TRANSFORMS
@@ -171,14 +172,50 @@ def _decode(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L" if image.mode in _GREY_MODES else "RGB"))
 
 
-def _load_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    folder = tvd.ImageFolder(str(root))
-    arrays = []
-    for path, _ in folder.samples:
-        with Image.open(path) as image:
-            arrays.append(_decode(image))
+def _load_image_folder(root: Path, source: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``root`` in ImageFolder layout; ``source`` is the path the spec gave (for messages)."""
+    try:
+        folder = tvd.ImageFolder(str(root))
+    except FileNotFoundError as error:
+        raise ValueError(_no_images_message(root, source, error)) from None
+    arrays = [_decode_file(Path(path)) for path, _ in folder.samples]
     images = _stack_arrays(arrays, f"Image folder {root}")
     return images, torch.tensor(folder.targets, dtype=torch.int64)
+
+
+def _decode_file(path: Path) -> np.ndarray:
+    """One image file, or an error that names it: PIL's own errors do not say which file failed."""
+    try:
+        with Image.open(path) as image:
+            return _decode(image)
+    # PIL reports unreadable image data as OSError (UnidentifiedImageError, truncated data),
+    # SyntaxError (broken PNG chunks) or ValueError, and too large images as DecompressionBombError.
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(
+            f"Image file {path} cannot be read as an image ({type(error).__name__}: {error}). Every file "
+            f"with an image extension in an image folder is decoded; replace the file with a complete "
+            f"image or delete it (a corrupt or truncated copy, or a file that is not an image at all)."
+        ) from None
+
+
+def _no_images_message(root: Path, source: Path, error: FileNotFoundError) -> str:
+    """torchvision's message names neither the accepted layouts nor the usual slip (loose images)."""
+    loose = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    loose_hint = (
+        f" The images directly in {root} ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}) are "
+        f"not read: move them into a class subfolder, e.g. {root / 'all'}/."
+        if loose
+        else ""
+    )
+    return (
+        f"Dataset folder {source} holds no images ({str(error).rstrip('.')}).{loose_hint} A dataset "
+        f"folder must be one of: a directory of IDX files (train-/t10k- or test- prefixed "
+        f"images-idx3-ubyte[.gz] and labels-idx1-ubyte[.gz]); or an image folder in ImageFolder layout, "
+        f"<folder>/<class>/<image> with extensions {', '.join(IMG_EXTENSIONS)} (an outlier reads "
+        f"<folder>/test/ when it exists, <folder> itself otherwise; an inlier needs train/ and test/ "
+        f"subfolders in that layout). Other forms: an .npz file, a dataset name or, for outliers, a "
+        f"transform of the inlier test set."
+    )
 
 
 def _load_npz(path: Path, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,9 +256,9 @@ def _load_path(path: Path, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     if any(path.glob("*-images-idx3-ubyte*")):
         return load_idx_split(path, split)
     if (path / split).is_dir():
-        return _load_image_folder(path / split)
+        return _load_image_folder(path / split, path)
     if split == "test":
-        return _load_image_folder(path)
+        return _load_image_folder(path, path)
     raise ValueError(
         f"Image folder {path} has no 'train' subfolder; as an inlier it needs train/ and test/ "
         "subfolders, each in ImageFolder layout (<class>/<image>)."

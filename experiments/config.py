@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -245,10 +245,37 @@ def _unknown_key_message(config: DictConfig, error: OmegaConfBaseException) -> s
     # Unknown-key errors come from structured configs, whose keys are dataclass field names.
     valid = sorted(cast("list[str]", list(parent.keys()))) if isinstance(parent, DictConfig) else []
     where = f"under '{parent_path}'" if parent_path else "at the top level"
+    if not parent_path and (other := _other_command_message(leaf)):
+        return f"{other} Valid keys {where}: {', '.join(map(str, valid))}."
     return (
         f"Unknown config key '{full_key}'. Valid keys {where}: {', '.join(map(str, valid))}. "
         f"Fix the spelling of '{leaf}' in the YAML file or the command-line override."
     )
+
+
+def _other_command_message(key: str) -> str | None:
+    """Why a top-level key of the other entry point is not a setting here; None for a real typo.
+
+    "Fix the spelling" would mislead: `model.latent_dim=8` is spelled right, but an evaluation
+    scores the model stored in its checkpoint, so its model settings cannot change.
+    """
+    train_keys = {entry.name for entry in fields(TrainConfig)}
+    evaluate_keys = {entry.name for entry in fields(EvaluateConfig)}
+    if key in ("model", "optim"):
+        return (
+            f"'{key}' cannot be set when evaluating: the model and optimiser settings (model.*, optim.*) "
+            f"come from the checkpoint, which was trained with them. Drop the {key} override (or the "
+            f"{key}: block of the YAML file); to evaluate another model, pass its checkpoint, "
+            f"ckpt=RUN_DIR/checkpoints/last.ckpt."
+        )
+    if key in train_keys - evaluate_keys:
+        return f"'{key}' is a setting of training (experiments.train), not of an evaluation: drop it."
+    if key in evaluate_keys - train_keys:
+        return (
+            f"'{key}' is a setting of an evaluation, not of training: to score a trained checkpoint, run "
+            f"`python -m experiments.evaluate ckpt=RUN_DIR/checkpoints/last.ckpt`."
+        )
+    return None
 
 
 def _overrides_to_config(overrides: Sequence[str]) -> DictConfig:

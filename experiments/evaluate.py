@@ -36,7 +36,31 @@ def checkpoint_argument(arguments: Sequence[str]) -> Path:
     values = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0] == "ckpt"]
     if not values:
         raise ConfigError("Missing the checkpoint: pass ckpt=PATH (a .ckpt file under OUT_DIR/checkpoints/).")
-    return Path(values[-1])
+    checkpoint = Path(values[-1])
+    if checkpoint.is_dir():
+        raise ConfigError(directory_message(checkpoint))
+    return checkpoint
+
+
+def directory_message(folder: Path) -> str:
+    """ckpt= names a folder (a run folder, typically): list the checkpoint files it holds to choose from."""
+    from experiments.runner import CHECKPOINT_DIR, LAST_CHECKPOINT
+
+    checkpoints = folder / CHECKPOINT_DIR if (folder / CHECKPOINT_DIR).is_dir() else folder
+    found = sorted(checkpoints.glob("*.ckpt"))
+    kinds = (
+        f"epochNNN.ckpt is the best epoch by inlier validation ELBO, the one training tested; "
+        f"{LAST_CHECKPOINT} is the latest state"
+    )
+    if found:
+        return (
+            f"ckpt={folder} is a directory, but ckpt takes one checkpoint file; {checkpoints} holds "
+            f"{', '.join(path.name for path in found)}. Pass one of them, e.g. ckpt={found[0]} ({kinds})."
+        )
+    return (
+        f"ckpt={folder} is a directory, and neither it nor its {CHECKPOINT_DIR}/ holds a .ckpt file. Pass a "
+        f"checkpoint file: experiments.train writes them to OUT_DIR/{CHECKPOINT_DIR}/ ({kinds})."
+    )
 
 
 def main(arguments: Sequence[str]) -> None:

@@ -36,6 +36,8 @@ from scoring.config import ScoreConfig
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 WANDB_ID_FILE = Path("wandb") / "run_id.txt"
+# The data settings that decide the image shape a model sees.
+SHAPE_KEYS = ("inlier", "image_size", "channels")
 # The flags of one invocation, not settings of the run: config.yaml stores them switched off.
 INVOCATION_FLAGS = ("resume", "retest")
 # What to do instead when a new run finds its out_dir taken.
@@ -244,10 +246,11 @@ def evaluate_into(config: DictConfig, model: BaseVAE, out_dir: Path) -> None:
     datamodule.prepare_data()
     datamodule.setup("test")
     if tuple(datamodule.image_shape) != tuple(model.image_shape):
+        trained_data = (model.hparams.get("run_config") or {}).get("data") or {}
         raise ValueError(
-            f"The checkpoint was trained on images of shape {tuple(model.image_shape)} but "
-            f"data.inlier={config.data.inlier!r} gives {tuple(datamodule.image_shape)}. Evaluate "
-            f"with the training inlier set, or set data.image_size / data.channels to convert."
+            shape_mismatch_message(
+                config, tuple(model.image_shape), tuple(datamodule.image_shape), trained_data
+            )
         )
     save_run_config(config, out_dir)
     logger = build_logger(config, out_dir, run_name=out_dir.name)
@@ -256,6 +259,42 @@ def evaluate_into(config: DictConfig, model: BaseVAE, out_dir: Path) -> None:
         trainer.test(model, datamodule=datamodule)
     finally:
         finish_logger(logger)
+
+
+def shape_mismatch_message(
+    config: DictConfig, trained: tuple[int, ...], given: tuple[int, ...], trained_data: dict[str, Any]
+) -> str:
+    """Name the data setting that moved the image shape away from the checkpoint's, and its fix.
+
+    An evaluation inherits the training data settings, so a mismatch comes from an override: the
+    advice must be to drop that override, not to set data.image_size when that caused it.
+    """
+    channels, height, width = trained
+
+    def setting(key: str, value: Any) -> str:
+        return f"data.{key}={'null' if value is None else value}"
+
+    changed = [key for key in SHAPE_KEYS if key in trained_data and config.data[key] != trained_data[key]]
+    convert = (
+        f"convert to the trained shape with {setting('image_size', height)} {setting('channels', channels)}"
+        if height == width
+        else f"use images of {height}x{width} pixels (data.image_size resizes to squares only)"
+    )
+    intro = (
+        f"The checkpoint was trained on images of shape (C, H, W) = {trained}, but this evaluation's "
+        f"data gives {given}"
+    )
+    if not changed:
+        return f"{intro}. Evaluate with the training inlier set and data settings, or {convert}."
+    overrides = ", ".join(
+        f"{setting(key, config.data[key])} (trained with {setting(key, trained_data[key])})"
+        for key in changed
+    )
+    which = "that override" if len(changed) == 1 else "those overrides"
+    advice = f"Drop {which}: an evaluation inherits the training data settings"
+    if "inlier" in changed:
+        advice += f"; to score another inlier set, {convert}"
+    return f"{intro}, because of {overrides}. {advice}."
 
 
 def run_info(config: DictConfig) -> dict[str, Any]:

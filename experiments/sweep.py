@@ -13,9 +13,10 @@ overrides given here (applied to every trial, e.g. `trainer.max_epochs=1`) and
   that left `checkpoints/last.ckpt` but no results is resumed (`resume=true`).
 - A failed trial is recorded (status, exit code, the last line of its log; the whole output is in
   SWEEP_DIR/logs/TRIAL.log) and the sweep goes on; the command exits with status 2 at the end.
-- SWEEP_DIR/sweep_summary.csv has one row per trial: its parameters, status and every test metric
-  of its results.json; SWEEP_DIR/plots/ has one PNG per metric against the swept parameter, with
-  the mean and standard deviation over seeds.
+- SWEEP_DIR/sweep_summary.csv has one row per trial: its parameters as the trial ran with them
+  (the overrides above included), status and every test metric of its results.json;
+  SWEEP_DIR/plots/ has one PNG per metric against the swept parameter, with the mean and standard
+  deviation over seeds.
 """
 
 from __future__ import annotations
@@ -354,6 +355,17 @@ def split_arguments(arguments: Sequence[str]) -> tuple[Path, Path | None, list[s
     return Path(sweep_path), (Path(sweep_dirs[-1]) if sweep_dirs else None), rest
 
 
+def parameters_run_with(parameters: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The sweep parameters as the trial ran with them, for its summary row.
+
+    Overrides follow the sweep's arguments on the trial's command line, so they win: a sweep file
+    that fixes `logger.mode: online` runs offline here (LOCAL_DEFAULTS), and the row must say so.
+    Swept parameters cannot be overridden (`check_overrides`), so only fixed ones change.
+    """
+    given = dict(item.split("=", 1) for item in overrides)
+    return {key: yaml.safe_load(given[key]) if key in given else value for key, value in parameters.items()}
+
+
 def check_overrides(overrides: list[str], parameters: dict[str, Any]) -> None:
     clashes = [
         item
@@ -379,6 +391,7 @@ def main(arguments: Sequence[str]) -> None:
         trial.command = trial_command(
             sweep, trial.parameters, [*LOCAL_DEFAULTS, *overrides, f"out_dir={trial.out_dir}"]
         )
+        trial.parameters = parameters_run_with(trial.parameters, [*LOCAL_DEFAULTS, *overrides])
     run_trials(trials, sweep_dir / "logs")
     metrics = write_summary(trials, list(parameters), sweep_dir / SUMMARY)
     plots = plot_all(trials, metrics, swept, sweep_dir / "plots")
