@@ -112,16 +112,20 @@ class BaseVAE(pl.LightningModule):
     def prior(self, reference: Tensor) -> Distribution:
         return self.latent.prior(reference)
 
-    def elbo_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """One-sample reconstruction log-likelihood and analytic KL, per sample."""
+    def elbo_terms(self, x: Tensor, seeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One-sample reconstruction log-likelihood and analytic KL, per sample.
+
+        With ``seeds`` (one per input) the sample comes from each input's own stream, not from the
+        global RNG that drives training (see :meth:`sample_posterior`).
+        """
         encoding = self.encode(x)
-        z = encoding.posterior.rsample()
+        z = encoding.posterior.rsample() if seeds is None else self.sample_posterior(encoding, 1, seeds)[0]
         log_lik = log_likelihood(self.decode(z), x, self.likelihood)
         kl = kl_divergence(encoding.posterior, self.prior(z))
         return log_lik, kl
 
-    def elbo(self, x: Tensor) -> Tensor:
-        log_lik, kl = self.elbo_terms(x)
+    def elbo(self, x: Tensor, seeds: Tensor | None = None) -> Tensor:
+        log_lik, kl = self.elbo_terms(x, seeds)
         return log_lik - kl
 
     def sample_posterior(self, encoding: Encoding, samples: int, seeds: Tensor | None = None) -> Tensor:
@@ -245,9 +249,12 @@ class BaseVAE(pl.LightningModule):
         # no outlier quantity can reach checkpoint selection.
         if dataloader_idx != 0:
             return
+        # Seeded by each input's index: the selection criterion is then a fixed function of the
+        # weights, and evaluating it never moves the global RNG that the training steps draw from.
+        x, _, indices = batch
         self.log(
             f"{stage}/elbo",
-            self.elbo(batch[0]).mean(),
+            self.elbo(x, seeds=indices.long().cpu()).mean(),
             on_epoch=True,
             add_dataloader_idx=False,
             sync_dist=True,
