@@ -23,6 +23,7 @@ import torch
 from common.atomic_io import remove_partial_writes
 from experiments import train as train_cli
 from experiments.checkpoint_io import AtomicCheckpointIO
+from scoring.metrics import OOD_METRIC_NAMES
 from tests.helpers import (
     REPO_ROOT,
     flat_metrics,
@@ -109,7 +110,7 @@ def test_killed_run_resumes_to_the_uninterrupted_results(uninterrupted: Path, tm
 
     # Same metrics, same trained weights, same best checkpoint as the run that was never stopped.
     expected, measured = flat_metrics(load_results(uninterrupted)), flat_metrics(load_results(out_dir))
-    assert set(measured) == set(expected) and len(expected) == 3 * 6
+    assert set(measured) == set(expected) and len(expected) == 3 * len(OOD_METRIC_NAMES)
     for key, value in expected.items():
         assert measured[key] == pytest.approx(value, abs=1e-6), key
     reference = torch.load(uninterrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
