@@ -2,8 +2,8 @@
 
     python -m benchmarks.lipschitz_overhead [--steps 20] [--repeats 7] [--lipschitz 1.0]
 
-Two models of the default experiment's architecture and variant (`alexandroff_lipschitz`),
-identical but for the constraint: `model.lipschitz=L` (every encoder layer divided by its
+Two `alexandroff_lipschitz` models of the default experiment's architecture, identical but for
+the constraint: `model.lipschitz=L` (every encoder layer divided by its
 power-iteration operator norm) and `model.lipschitz=inf` (the same layers, plain). Each contender
 runs `--steps` training steps (ELBO forward, backward, Adam) on the same real Fashion-MNIST
 batches of 128, taking turns round by round; the result is the median of the per-round ratios,

@@ -56,7 +56,7 @@ class TrainerConfig:
     fraction, a list of device indices), so their type is Any and ``__post_init__`` checks them:
     Lightning itself would reject a bad value only after the data has loaded."""
 
-    max_epochs: int = 3
+    max_epochs: int = 10
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"

@@ -27,7 +27,7 @@ LIPSCHITZ_LAYER_CHOICES = ("spectral", "aol")
 
 @dataclass
 class ModelConfig:
-    variant: str = "alexandroff_lipschitz"
+    variant: str = "alexandroff"
     latent_dim: int = 16
     width: int = 8
     hidden_dim: int = 256
@@ -35,7 +35,7 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     # Only for the Lipschitz variants: the fixed Lipschitz constant of the encoder's mean map
     # (inf trains the same architecture unconstrained: the end of a sweep over L).
-    lipschitz: float | None = 1.0
+    lipschitz: float | None = None
     # How each encoder layer is held at operator norm <= 1: "spectral" (divided by its power-iteration
     # norm) or "aol" (almost-orthogonal rescaling, Prach and Lampert 2022; no power iteration).
     lipschitz_layers: str = "spectral"

@@ -31,7 +31,7 @@ class ScoreConfig:
     names: list[str] = field(default_factory=lambda: list(DEFAULT_SCORES))
     iwae_samples: int = 16
     posterior_samples: int = 16
-    knn_k: int = 100
+    knn_k: int = 10
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     knn_chunk_size: int | None = None

@@ -54,7 +54,6 @@ def test_wrong_type_is_rejected() -> None:
         ("scores.iwae_samples=1", "iwae_samples"),
         ("scores.posterior_samples=1", "posterior_samples"),
         ("scores.knn_reference_size=10", "knn_k"),
-        ("model.lipschitz=0", "positive number"),  # the default variant has a Lipschitz encoder
     ],
 )
 def test_impossible_values_are_rejected(override: str, expected: str) -> None:

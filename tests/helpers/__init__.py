@@ -29,6 +29,9 @@ def tiny_overrides(out_dir: Path, **extra: str) -> list[str]:
     """A real but tiny Fashion-MNIST vs MNIST run: seconds on two CPU cores."""
     settings = {
         "out_dir": str(out_dir),
+        # The certified variant: these runs check certificates and bounds as well.
+        "model.variant": "alexandroff_lipschitz",
+        "model.lipschitz": "1.0",
         "data.max_train_samples": "600",
         "data.max_eval_samples": "150",
         "data.batch_size": "64",
