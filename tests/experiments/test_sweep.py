@@ -50,7 +50,8 @@ def trial_overrides() -> list[str]:
         "logger.mode": "disabled",
         "plots.enabled": "false",
     }
-    return [item for item in tiny_overrides(Path("unused"), **extra) if not item.startswith("out_dir=")]
+    swept_here = ("out_dir=", "model.lipschitz=", "model.variant=")  # the sweep file sets these per trial
+    return [item for item in tiny_overrides(Path("unused"), **extra) if not item.startswith(swept_here)]
 
 
 def run_sweep(sweep_file: Path, sweep_dir: Path) -> tuple[int, str]:

@@ -54,7 +54,14 @@ def test_aol_conv_rejects_what_it_cannot_certify() -> None:
 
 def test_an_aol_encoder_is_certified_and_trains() -> None:
     torch.manual_seed(4)
-    config = ModelConfig(latent_dim=4, width=4, hidden_dim=16, lipschitz=2.0, lipschitz_layers="aol")
+    config = ModelConfig(
+        variant="alexandroff_lipschitz",
+        latent_dim=4,
+        width=4,
+        hidden_dim=16,
+        lipschitz=2.0,
+        lipschitz_layers="aol",
+    )
     model = build_model(asdict(config), asdict(OptimConfig()), (1, 8, 8), max_epochs=1)
     assert any(isinstance(layer, AOLConv2d) for layer in model.encoder.modules())
     x = torch.rand(6, 1, 8, 8)
