@@ -141,3 +141,12 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {field} line (Linux only)")
+
+
+def vae_training_step(model: Any, optimiser: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    """One ELBO step of a BaseVAE as its ``training_step`` computes it, without Lightning around it."""
+    log_likelihood, kl = model.elbo_terms(x)
+    loss = (kl - log_likelihood).mean()
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()

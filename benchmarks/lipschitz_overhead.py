@@ -20,7 +20,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.common import default_config, interleaved_times, median_ratio, summary, write_result
+from benchmarks.common import (
+    default_config,
+    interleaved_times,
+    median_ratio,
+    summary,
+    vae_training_step,
+    write_result,
+)
 from datamodules.ood_datamodule import OODDataModule
 from experiments.runner import to_dict
 from lightning_modules.base import BaseVAE
@@ -42,11 +49,7 @@ def vae_steps(model: BaseVAE, batches: list[torch.Tensor]) -> Callable[[], None]
 
     def run() -> None:
         for x in batches:
-            log_likelihood, kl = model.elbo_terms(x)
-            loss = (kl - log_likelihood).mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            vae_training_step(model, optimiser, x)
 
     return run
 

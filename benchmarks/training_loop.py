@@ -30,7 +30,14 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.common import default_config, interleaved_times, median_ratio, summary, write_result
+from benchmarks.common import (
+    default_config,
+    interleaved_times,
+    median_ratio,
+    summary,
+    vae_training_step,
+    write_result,
+)
 from datamodules.ood_datamodule import OODDataModule
 from experiments.runner import to_dict
 from lightning_modules.base import BaseVAE
@@ -73,11 +80,7 @@ def bare_epoch(config: DictConfig, datamodule: OODDataModule) -> BaseVAE:
     model.train()
     optimiser = _optimiser(model.configure_optimizers())
     for x, _, _ in datamodule.train_dataloader():
-        log_likelihood, kl = model.elbo_terms(x)
-        loss = (kl - log_likelihood).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        vae_training_step(model, optimiser, x)
     return model
 
 
