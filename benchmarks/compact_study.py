@@ -22,6 +22,7 @@ written after it and never feed back.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -203,7 +204,7 @@ def selection_metrics(run_dir: Path) -> dict[str, Any]:
 def cached_selection(run: StudyRun) -> dict[str, Any] | None:
     path = run.trial.out_dir / "selection.json"
     if path.is_file():
-        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+        return json.loads(path.read_text())
     if not (run.trial.out_dir / "results.json").is_file():
         return None
     result = selection_metrics(run.trial.out_dir)
