@@ -2,12 +2,17 @@
 
 At validation end (every `scores.val_every_n_epochs` epochs, for reporting only: nothing here
 feeds checkpoint selection) and at test end it
-1. scores every batch of the inlier set and of each outlier set (``scoring.evaluation.score_record``),
+1. scores every batch of the inlier set and of each outlier set (``scoring.evaluation.score_record``);
+   at validation only the inputs of a fixed seeded subset of every set (``scores.val_max_samples``),
+   so that a curve over epochs follows the same images and costs little,
 2. gathers the per-sample records from every process,
-3. encodes the training inliers (sharded over processes) as the hole_knn reference,
+3. encodes the training inliers (sharded over processes; at validation at most
+   ``scores.val_reference_size`` of them) as the hole_knn reference,
 4. runs the scoring core's pipeline (``scoring.evaluation``): deduplication, reference scores,
    metrics, certified-ball violations,
-5. logs every metric as `<stage>/<outlier>/<score>/<metric>` (``scoring.keys``) and hands the
+5. logs every metric as `<stage>/<outlier>/<score>/<metric>` (``scoring.keys``), and the model's
+   certificate (`<stage>/model/certified_lipschitz`, `latent_radius_bound`, at test
+   `empirical_lipschitz`) and ball violations (`<stage>/<set>/bound_violations`), then hands the
    Evaluation to the reporters it was given (results files, dashboard) on rank 0.
 """
 
@@ -38,6 +43,7 @@ from scoring.evaluation import (
     score_record,
 )
 from scoring.keys import flat_metrics
+from scoring.model import batch_invariant_encoding
 from scoring.registry import REFERENCE_SCORES, ReferenceLatents
 
 # Inputs per evaluated set on which the empirical Lipschitz lower bound is searched (test only).
@@ -64,6 +70,8 @@ class OODEvaluation(Callback):
         self.reporters = list(reporters)
         self.run_info = run_info or {}
         self._records: list[dict[str, Tensor]] = []
+        # At validation: per evaluated set, a mask over its positions of the inputs to score.
+        self._scored: list[Tensor] | None = None
         self._started = 0.0
         self._train_started: float | None = None
         self._train_seconds: float | None = None
@@ -82,16 +90,36 @@ class OODEvaluation(Callback):
     def _start(self, trainer: pl.Trainer, stage: str) -> None:
         if self._active(trainer, stage):
             self._records = []
+            self._scored = self._validation_rows(trainer) if stage == "val" else None
             self._started = time.perf_counter()
+
+    def _validation_rows(self, trainer: pl.Trainer) -> list[Tensor] | None:
+        """Per validation set, the positions scored: the same seeded subset every epoch (None = all)."""
+        cap = self.settings.val_max_samples
+        if cap is None:
+            return None
+        masks = []
+        for loader in self._loaders(trainer, "val"):
+            size = len(loader.dataset)  # type: ignore[arg-type]
+            mask = torch.zeros(size, dtype=torch.bool)
+            mask[reference_rows(size, cap, self.seed)] = True
+            masks.append(mask)
+        return masks
 
     def _batch(
         self, trainer: pl.Trainer, model: BaseVAE, batch: Any, dataloader_idx: int, stage: str
     ) -> None:
-        if self._active(trainer, stage):
-            x, labels, indices = batch
-            self._records.append(
-                score_record(model, x, labels, indices, dataloader_idx, self.settings, self.seed)
-            )
+        if not self._active(trainer, stage):
+            return
+        x, labels, indices = batch
+        if self._scored is not None:
+            keep = self._scored[dataloader_idx][indices.cpu()].to(indices.device)
+            if not keep.any():
+                return
+            x, labels, indices = x[keep], labels[keep], indices[keep]
+        self._records.append(
+            score_record(model, x, labels, indices, dataloader_idx, self.settings, self.seed)
+        )
 
     # Lightning's Timer callback restores its elapsed time from the checkpoint that test() loads
     # and would count the training time up to that checkpoint twice; this clock is not restored.
@@ -139,9 +167,10 @@ class OODEvaluation(Callback):
 
     # ------------------------------------------------------------------ evaluation and reporting
     def _finish(self, trainer: pl.Trainer, model: BaseVAE, stage: str) -> None:
-        evaluation = self._evaluate(trainer, model)
+        bound = model.latent_bound()
+        evaluation = self._evaluate(trainer, model, stage, bound)
         empirical = self._empirical_lipschitz(trainer, model, stage)
-        self._log(model, evaluation, stage, empirical)
+        self._log(model, evaluation, stage, empirical, bound)
         if trainer.is_global_zero and self.reporters:
             context = ReportContext(
                 stage=stage,
@@ -159,22 +188,32 @@ class OODEvaluation(Callback):
             for reporter in self.reporters:
                 reporter.report(evaluation, context)
 
-    def _evaluate(self, trainer: pl.Trainer, model: BaseVAE) -> Evaluation:
+    def _evaluate(
+        self, trainer: pl.Trainer, model: BaseVAE, stage: str, bound: tuple[Tensor, float] | None
+    ) -> Evaluation:
         data: EvaluationData = trainer.datamodule  # type: ignore[attr-defined]
         local = concatenate(self._records)
         self._records = []
         columns = deduplicate({key: gather_rows(trainer, value) for key, value in local.items()})
         wants_reference = any(name in REFERENCE_SCORES for name in self.settings.names)
-        reference = self._reference_latents(trainer, model, data) if wants_reference else None
-        return evaluate(columns, list(data.eval_set_names), self.settings, reference, model.latent_bound())
+        reference = self._reference_latents(trainer, model, data, stage) if wants_reference else None
+        return evaluate(columns, list(data.eval_set_names), self.settings, reference, bound)
+
+    def _reference_cap(self, stage: str) -> int | None:
+        """scores.knn_reference_size, and at validation at most scores.val_reference_size as well."""
+        caps = [self.settings.knn_reference_size]
+        if stage == "val":
+            caps.append(self.settings.val_reference_size)
+        given = [cap for cap in caps if cap is not None]
+        return min(given) if given else None
 
     @torch.no_grad()
     def _reference_latents(
-        self, trainer: pl.Trainer, model: BaseVAE, data: EvaluationData
+        self, trainer: pl.Trainer, model: BaseVAE, data: EvaluationData, stage: str
     ) -> ReferenceLatents:
         """Encode (a seeded subset of) the training inliers, sharded over processes."""
         loader = data.reference_dataloader()
-        chosen = reference_rows(len(loader.dataset), self.settings.knn_reference_size, self.seed)  # type: ignore[arg-type]
+        chosen = reference_rows(len(loader.dataset), self._reference_cap(stage), self.seed)  # type: ignore[arg-type]
         # Contiguous shards: gathered in rank order they are exactly the single-process reference
         # (same rows, same order), so neighbour ties resolve the same way on any process count.
         shard = chosen.tensor_split(trainer.world_size)[trainer.global_rank].tolist()
@@ -187,7 +226,8 @@ class OODEvaluation(Callback):
             # of the training steps, so which scores run at validation would change training.
             generator=torch.Generator().manual_seed(self.seed),
         )
-        parts = [model.encode(x.to(model.device)).location for x, _, _ in subset_loader]
+        # Encoded as the scored inputs are: the latents do not depend on the shard or batch sizes.
+        parts = [batch_invariant_encoding(model, x.to(model.device)).location for x, _, _ in subset_loader]
         latents = gather_rows(trainer, torch.cat(parts))
         return build_reference(latents, model.latent_metric, self.settings)
 
@@ -207,11 +247,19 @@ class OODEvaluation(Callback):
         return model.empirical_lipschitz(torch.cat(inputs).to(model.device))
 
     @staticmethod
-    def _log(model: BaseVAE, evaluation: Evaluation, stage: str, empirical_lipschitz: float | None) -> None:
+    def _log(
+        model: BaseVAE,
+        evaluation: Evaluation,
+        stage: str,
+        empirical_lipschitz: float | None,
+        bound: tuple[Tensor, float] | None,
+    ) -> None:
         values = flat_metrics(stage, evaluation.metrics)
         certified = model.certified_lipschitz()
         if certified is not None:
             values[f"{stage}/model/certified_lipschitz"] = certified
+        if bound is not None:
+            values[f"{stage}/model/latent_radius_bound"] = bound[1]
         if empirical_lipschitz is not None:
             values[f"{stage}/model/empirical_lipschitz"] = empirical_lipschitz
         if evaluation.bound_violations is not None:

@@ -24,19 +24,33 @@ class DataConfig:
     transform of the inlier test set (``hflip``), each optionally prefixed by ``display_name=``.
     """
 
+    # Folder that holds the named datasets (the DATA_DIR environment variable, else ./data).
     data_dir: str = "${oc.env:DATA_DIR,data}"
+    # The inlier dataset, trained on: a torchvision name, a path, optionally name=source.
     inlier: str = "fashion_mnist"
+    # The outlier sets, tested against the inlier test split: names, paths or transforms (hflip, ...).
     outliers: list[str] = field(default_factory=lambda: ["mnist"])
+    # Share of the inlier training set held out for validation (the checkpoint criterion).
     val_fraction: float = 0.1
+    # Seed of the validation split and of the max_*_samples subsets.
     split_seed: int = 0
+    # Training images per batch.
     batch_size: int = 128
+    # Images per batch when validating and testing.
     eval_batch_size: int = 1000
+    # Loader worker processes (0: load in the main process, fast for these in-memory sets).
     num_workers: int = 0
+    # Download missing named datasets (once per node, by Lightning's prepare_data).
     download: bool = False
+    # Resize images to this square size (null: keep the dataset's size).
     image_size: int | None = None
+    # Convert images to 1 (grey) or 3 (RGB) channels (null: keep the dataset's).
     channels: int | None = None
+    # Train on a seeded subset of at most this many images (null: all).
     max_train_samples: int | None = None
+    # Validate and test on seeded subsets of at most this many images per set (null: all).
     max_eval_samples: int | None = None
+    # Seed of the random outlier transforms (gaussian_noise, uniform_noise, constant).
     noise_seed: int = 1234
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ Importing this module imports neither torch nor matplotlib.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -24,7 +25,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from common.checks import check_at_least, check_choice
 from datamodules.config import DataConfig
-from lightning_modules.config import ModelConfig, OptimConfig
+from experiments.trainer_args import trainer_argument_problem
+from lightning_modules.config import VARIANTS_BY_NAME, ModelConfig, OptimConfig
 from reporting.config import PlotConfig
 from scoring.config import ScoreConfig
 
@@ -43,6 +45,22 @@ def run_started_at(fmt: str) -> str:
 OmegaConf.register_resolver("now", run_started_at, use_cache=True, replace=True)
 
 
+def lipschitz_tag(variant: str, lipschitz: float | None) -> str:
+    """`L1`, `L0.5` or `Linf`: the encoder's Lipschitz constant in default out_dir names.
+
+    Runs that differ only in L (a sweep over L, the same variant at two constants) must not land
+    in folders that look alike. A variant without a Lipschitz encoder ignores model.lipschitz, and
+    L = inf trains the same architecture unconstrained: both are `Linf`.
+    """
+    constrained = VARIANTS_BY_NAME.get(variant, ("", False))[1]
+    if not constrained or lipschitz is None or math.isinf(lipschitz):
+        return "Linf"
+    return f"L{lipschitz:g}"
+
+
+OmegaConf.register_resolver("lipschitz_tag", lipschitz_tag, replace=True)
+
+
 class ConfigError(ValueError):
     """A configuration the run cannot use; the message names the key and the fix."""
 
@@ -52,22 +70,40 @@ LOGGER_MODES = ("offline", "online", "disabled")
 
 @dataclass
 class TrainerConfig:
-    """Lightning Trainer arguments. `devices` and `limit_*_batches` take several forms (a count, a
-    fraction, a list of device indices), so their type is Any and ``__post_init__`` checks them:
-    Lightning itself would reject a bad value only after the data has loaded."""
+    """Lightning Trainer arguments: the keys below, and any other pytorch_lightning.Trainer argument
+    as trainer.NAME=VALUE (checked against Trainer's signature; see experiments/trainer_args.py).
 
+    The keys here are those this framework gives its own default or checks up front. `devices` and
+    `limit_*_batches` take several forms (a count, a fraction, a list of device indices), so their
+    type is Any and ``__post_init__`` checks them: Lightning itself would reject a bad value only
+    after the data has loaded.
+    """
+
+    # Training epochs; resume=true with a larger value trains a finished run further.
     max_epochs: int = 10
+    # cpu, gpu, mps, ... or auto (the best one present).
     accelerator: str = "auto"
+    # How many devices (2), -1 for all, auto, or which ones ([0,1]).
     devices: Any = 1
+    # auto, ddp, ddp_spawn, ...: how several devices share the work.
     strategy: str = "auto"
+    # Machines of a multi-node run.
     num_nodes: int = 1
+    # Numeric precision of training, e.g. 32-true, bf16-mixed, 16-mixed.
     precision: str = "32-true"
+    # Training batches per epoch: a fraction (0.25) or a count (10).
     limit_train_batches: Any = 1.0
+    # Validation batches per epoch: a fraction or a count.
     limit_val_batches: Any = 1.0
+    # Test batches: a fraction or a count.
     limit_test_batches: Any = 1.0
+    # Clip gradients to this norm (null: no clipping).
     gradient_clip_val: float | None = None
+    # Log the training metrics every n steps.
     log_every_n_steps: int = 50
+    # Deterministic algorithms only (slower, reproducible on GPUs).
     deterministic: bool = False
+    # Show the progress bar.
     enable_progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -125,10 +161,17 @@ def check_batch_limit(key: str, limit: Any) -> None:
 
 @dataclass
 class LoggerConfig:
+    """Weights & Biases logging of metrics, figures and the config."""
+
+    # offline (files under OUT_DIR/wandb, `wandb sync` uploads them), online, or disabled.
     mode: str = "offline"
+    # W&B project the run belongs to.
     project: str = "compact-latent-ood"
+    # W&B team or user (null: the account's default).
     entity: str | None = None
+    # W&B run name (null: the out_dir folder's name).
     name: str | None = None
+    # W&B tags of the run.
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -137,11 +180,20 @@ class LoggerConfig:
 
 @dataclass
 class TrainConfig:
+    """Train a VAE variant, select its epoch by inlier validation ELBO, test it on the outlier sets."""
+
+    # Name of the experiment: the first folder of the default out_dir, and results.json's label.
     experiment: str = "fmnist_vs_mnist"
+    # Global random seed: the initial weights, the training order and the model's sampling.
     seed: int = 0
-    out_dir: str = "outputs/${experiment}/${model.variant}/seed${seed}/${now:%Y%m%d-%H%M%S}"
-    # Continue the interrupted run in out_dir from checkpoints/last.ckpt, exactly where it stopped:
-    #   python -m experiments.train OUT_DIR/config.yaml resume=true
+    # Where the run writes everything; by default one new folder per run, named by variant,
+    # Lipschitz constant (L1, Linf = unconstrained), seed and start time.
+    out_dir: str = (
+        "outputs/${experiment}/${model.variant}_${lipschitz_tag:${model.variant},${model.lipschitz}}"
+        "/seed${seed}/${now:%Y%m%d-%H%M%S}"
+    )
+    # Continue the interrupted run in out_dir from checkpoints/last.ckpt, exactly where it stopped
+    # (`python -m experiments.train OUT_DIR/config.yaml resume=true`).
     resume: bool = False
     # Resuming a finished run (results.json present) only says so; retest=true tests it again,
     # after training further if trainer.max_epochs was raised.
@@ -169,8 +221,15 @@ class EvaluateConfig:
     what differs needs to be given (typically `data.outliers`).
     """
 
+    # The checkpoint to score: a .ckpt file, or a run folder (its selected epoch,
+    # RUN_DIR/checkpoints/epochNNN.ckpt).
     ckpt: str = "???"
+    # SHA-256 of the ckpt file, recorded in results.json and config.yaml; given, the evaluation
+    # refuses a checkpoint whose contents differ.
+    ckpt_sha256: str | None = None
+    # Where the outputs go (null: RUN_DIR/evaluations/<time>/); it must be empty or new.
     out_dir: str | None = None
+    # Global random seed of the evaluation (by default the training run's).
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     scores: ScoreConfig = field(default_factory=ScoreConfig)
@@ -201,8 +260,13 @@ def split_cli_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def _merge(schema: Any, sources: Sequence[Any]) -> DictConfig:
-    """Merge sources into a structured schema, turning OmegaConf's errors into ConfigErrors."""
+    """Merge sources into a structured schema, turning OmegaConf's errors into ConfigErrors.
+
+    The trainer block is open: keys beyond TrainerConfig's are any other Trainer argument, checked
+    against Lightning's signature by :func:`_check_trainer_arguments`.
+    """
     merged = OmegaConf.structured(schema)
+    OmegaConf.set_struct(merged.trainer, False)
     for source in sources:
         _check_blocks(merged, source)
         try:
@@ -215,7 +279,17 @@ def _merge(schema: Any, sources: Sequence[Any]) -> DictConfig:
                 f"Check the type of key '{getattr(error, 'full_key', '?')}' against "
                 f"experiments/config.py."
             ) from None
+    _check_trainer_arguments(merged.trainer)
     return merged
+
+
+def _check_trainer_arguments(trainer: DictConfig) -> None:
+    """Refuse a trainer key that Lightning's Trainer does not take, or that the framework sets."""
+    own = {entry.name for entry in fields(TrainerConfig)}
+    for key in trainer.keys():
+        problem = None if key in own else trainer_argument_problem(str(key))
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 def _check_blocks(schema: DictConfig, source: DictConfig, prefix: str = "") -> None:
@@ -285,9 +359,15 @@ def _overrides_to_config(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"Cannot parse overrides {list(overrides)}: {error}") from None
 
 
-def load_config(schema: Any, config_path: str | None, overrides: Sequence[str]) -> DictConfig:
-    """Build a validated config from a schema, an optional YAML file and dotlist overrides."""
-    sources: list[Any] = []
+def load_config(
+    schema: Any, config_path: str | None, overrides: Sequence[str], defaults: Any = None
+) -> DictConfig:
+    """Build a validated config from a schema, an optional YAML file and dotlist overrides.
+
+    `defaults` (a mapping) replaces schema defaults before the file and the overrides apply: an
+    evaluation starts from the settings stored in its checkpoint.
+    """
+    sources: list[Any] = [] if defaults is None else [OmegaConf.create(defaults)]
     if config_path is not None:
         path = Path(config_path)
         if not path.is_file():

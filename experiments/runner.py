@@ -6,15 +6,21 @@ outputs went.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import re
 import secrets
 import string
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -25,8 +31,10 @@ from datamodules.ood_datamodule import OODDataModule
 from datamodules.resumable import ResumableDataModule
 from experiments.checkpoint_io import AtomicCheckpointIO
 from experiments.config import run_started_at
+from experiments.image_shape import image_shape_before_trainer
 from experiments.run_dir import check_resume_compatible, claim_run_dir, stored_run_config
 from lightning_modules.base import BaseVAE
+from lightning_modules.config import VARIANTS_BY_NAME
 from lightning_modules.factory import build_model
 from reporting.base import Reporter
 from reporting.dashboard import Dashboard
@@ -35,7 +43,18 @@ from scoring.config import ScoreConfig
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
-WANDB_ID_FILE = Path("wandb") / "run_id.txt"
+WANDB_DIR = "wandb"
+WANDB_ID_FILE = Path(WANDB_DIR) / "run_id.txt"
+# Where W&B keeps files outside the run folder unless told otherwise (the user's home by default):
+# the staged copies of logged tables and their images (DATA_DIR/artifacts/staging, which
+# `wandb sync` uploads from) and the service's debug logs. Both go under OUT_DIR/wandb/.
+WANDB_FILE_VARIABLES = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache"}
+# Trainer arguments whose value 1.0 (all batches) is Lightning's own default: passing it anyway only
+# makes Lightning print that it was configured.
+BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+# Library notices a user of this project cannot act on, hidden by their text (see quiet_library_notices).
+LIGHTNING_TIPS = re.compile(r"Tip: .*\[(litlogger|litmodels)\]")
+LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 # The data settings that decide the image shape a model sees.
 SHAPE_KEYS = ("inlier", "image_size", "channels")
 # The flags of one invocation, not settings of the run: config.yaml stores them switched off.
@@ -52,21 +71,128 @@ def to_dict(config: DictConfig) -> dict[str, Any]:
 
 
 def build_logger(config: DictConfig, out_dir: Path, run_name: str) -> WandbLogger | bool:
-    """W&B, offline by default: the run directory lands in out_dir/wandb, `wandb sync` uploads it."""
+    """W&B, offline by default: everything the run logs lands in out_dir/wandb, `wandb sync` uploads it.
+
+    The run is named, grouped and tagged by experiment, variant, L and seed (run_identity), so
+    the seeds of one setting share a group; ``logger.name`` and ``logger.tags`` add to that.
+    """
     settings = config.logger
     if settings.mode == "disabled":
         return False
-    return WandbLogger(
+    identity = run_identity(config, run_name)
+    return RunLogger(
+        out_dir / WANDB_DIR,
         project=settings.project,
         entity=settings.entity,
-        name=settings.name or run_name,
-        tags=list(settings.tags),
+        name=settings.name or identity.name,
+        group=identity.group,
+        tags=list(dict.fromkeys([*identity.tags, *settings.tags])),
         save_dir=str(out_dir),
         offline=settings.mode == "offline",
-        config=to_dict(config),
+        config=chartable(to_dict(config)),
         id=wandb_run_id(out_dir),
         resume="allow",
     )
+
+
+class RunLogger(WandbLogger):
+    """A WandbLogger that keeps all of a run's files in its folder and logs its config once.
+
+    - W&B stages logged tables (their rows and images) and writes its service logs under the
+      user's home unless WANDB_DATA_DIR / WANDB_CACHE_DIR say otherwise (wandb reads them, not
+      settings); from the creation of the W&B run until ``finish`` they point into the run's
+      wandb/ folder, so a copied run folder keeps its tables.
+    - The config is logged once, at ``wandb.init``: Lightning would log the model's hyperparameters
+      as well, which repeat it (under ``run_config``).
+    - The best validation ELBO (the checkpoint criterion) is kept in the summary as ``val/elbo.max``.
+    """
+
+    def __init__(self, wandb_dir: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Lightning passes anonymous=None to wandb.init, which makes wandb warn that the setting
+        # has no effect; leaving the key out is what wandb asks for.
+        self._wandb_init.pop("anonymous", None)
+        self._wandb_dir = wandb_dir
+        self._saved_environment: dict[str, str | None] | None = None
+
+    @property
+    def experiment(self) -> Any:
+        created = self._experiment is None
+        if created and self._saved_environment is None:
+            self._saved_environment = redirect_wandb_files(self._wandb_dir)
+        run = super().experiment
+        if created and self._experiment is not None:  # the W&B run was just made (rank 0 only)
+            run.define_metric("val/elbo", step_metric="trainer/global_step", summary="max,last")
+        return run
+
+    def log_hyperparams(self, params: Any) -> None:
+        """Nothing: the run's config was logged when the W&B run was created."""
+
+    def finish(self) -> None:
+        """Close the W&B run (its offline files are then complete) and restore the environment."""
+        if self._experiment is not None:
+            self._experiment.finish()
+        if self._saved_environment is not None:
+            restore_environment(self._saved_environment)
+            self._saved_environment = None
+
+
+def redirect_wandb_files(wandb_dir: Path) -> dict[str, str | None]:
+    """Point W&B's staging and cache folders into ``wandb_dir``; returns the values they replace."""
+    saved = {variable: os.environ.get(variable) for variable in WANDB_FILE_VARIABLES}
+    for variable, folder in WANDB_FILE_VARIABLES.items():
+        os.environ[variable] = str((wandb_dir / folder).absolute())
+    return saved
+
+
+def restore_environment(saved: dict[str, str | None]) -> None:
+    for variable, value in saved.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """How W&B shows a run: its name, the group of runs it belongs to, and its tags."""
+
+    name: str
+    group: str
+    tags: list[str]
+
+
+def run_identity(config: DictConfig, folder_name: str) -> RunIdentity:
+    """``experiment/variant[/L=..]`` is the group (one per setting, so a sweep over L groups by
+    itself) and ``group/seedN`` the name. An evaluation's config names no model, so it is named
+    ``evaluate/<its folder>``."""
+    experiment = OmegaConf.select(config, "experiment", default=None)
+    variant = OmegaConf.select(config, "model.variant", default=None)
+    seed = f"seed{config.seed}"
+    if experiment is None or variant is None:
+        return RunIdentity(f"evaluate/{folder_name}", "evaluate", ["evaluate", seed])
+    parts = [experiment, variant]
+    if VARIANTS_BY_NAME[variant][1]:  # a Lipschitz encoder: L is part of the setting
+        parts.append(f"L={lipschitz_label(config.model.lipschitz)}")
+    group = "/".join(parts)
+    return RunIdentity(f"{group}/{seed}", group, [*parts, seed])
+
+
+def lipschitz_label(value: float) -> str:
+    """L as written in names and tags: 1, 0.5, inf (the unconstrained end of a sweep)."""
+    return "inf" if math.isinf(value) else f"{value:g}"
+
+
+def chartable(value: Any) -> Any:
+    """A config with every non-finite number as its name ("inf", "nan"): W&B stores float inf as
+    JSON's invalid Infinity, which its charts and filters cannot use."""
+    if isinstance(value, dict):
+        return {key: chartable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [chartable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def wandb_run_id(out_dir: Path) -> str:
@@ -92,11 +218,12 @@ def build_trainer(
     logger: WandbLogger | bool,
     **overrides: Any,
 ) -> pl.Trainer:
-    trainer_settings = {**to_dict(config.trainer), **overrides}
+    quiet_library_notices()
+    trainer_settings = {**trainer_arguments(config), **overrides}
     return pl.Trainer(
         default_root_dir=str(out_dir),
         logger=logger,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *logging_callbacks(logger)],
         plugins=[AtomicCheckpointIO()],
         **trainer_settings,
     )
@@ -104,8 +231,40 @@ def build_trainer(
 
 def finish_logger(logger: WandbLogger | bool) -> None:
     """Close the W&B run so its offline files are complete when the process moves on."""
-    if isinstance(logger, WandbLogger):
+    if isinstance(logger, RunLogger):
+        logger.finish()
+    elif isinstance(logger, WandbLogger):
         logger.experiment.finish()
+
+
+def logging_callbacks(logger: WandbLogger | bool) -> list[Callback]:
+    """The callbacks a logged run adds: the learning rate per epoch (the cosine schedule's curve)."""
+    return [LearningRateMonitor(logging_interval="epoch")] if isinstance(logger, WandbLogger) else []
+
+
+def trainer_arguments(config: DictConfig) -> dict[str, Any]:
+    """``config.trainer`` as Trainer arguments, without the batch limits left at Lightning's default
+    (1.0 = all batches), for which Lightning would print that they were configured."""
+    settings = to_dict(config.trainer)
+    return {
+        key: value
+        for key, value in settings.items()
+        if not (key in BATCH_LIMITS and isinstance(value, float) and value == 1.0)
+    }
+
+
+def quiet_library_notices() -> None:
+    """Hide, by their exact text, the library notices a user cannot act on; everything else shows.
+
+    Lightning advertises its litlogger/litmodels services at every Trainer (whatever the loggers),
+    and its own pytree helper builds torch's deprecated LeafSpec at every step.
+    """
+    warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION, category=FutureWarning)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(not_a_lightning_tip)
+
+
+def not_a_lightning_tip(record: logging.LogRecord) -> bool:
+    return LIGHTNING_TIPS.search(record.getMessage()) is None
 
 
 def resume_checkpoint(out_dir: Path) -> Path:
@@ -204,13 +363,12 @@ def train(config: DictConfig) -> Path:
 
 def fit_and_test(config: DictConfig, out_dir: Path, resume_from: Path | None) -> None:
     pl.seed_everything(config.seed, workers=True)
+    # The Trainer runs prepare_data (the downloads) on one process per node, never this runner.
     datamodule = ResumableDataModule(config.data, config.seed)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
     model = build_model(
         to_dict(config.model),
         to_dict(config.optim),
-        datamodule.image_shape,
+        image_shape_before_trainer(datamodule),
         config.trainer.max_epochs,
         run_config=to_dict(config),
     )
@@ -242,16 +400,12 @@ def evaluate(config: DictConfig, model: BaseVAE) -> Path:
 
 def evaluate_into(config: DictConfig, model: BaseVAE, out_dir: Path) -> None:
     pl.seed_everything(config.seed, workers=True)
+    # The Trainer runs prepare_data (the downloads) on one process per node, never this runner.
     datamodule = OODDataModule(config.data)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    if tuple(datamodule.image_shape) != tuple(model.image_shape):
+    given = tuple(image_shape_before_trainer(datamodule))
+    if given != tuple(model.image_shape):
         trained_data = (model.hparams.get("run_config") or {}).get("data") or {}
-        raise ValueError(
-            shape_mismatch_message(
-                config, tuple(model.image_shape), tuple(datamodule.image_shape), trained_data
-            )
-        )
+        raise ValueError(shape_mismatch_message(config, tuple(model.image_shape), given, trained_data))
     save_run_config(config, out_dir)
     logger = build_logger(config, out_dir, run_name=out_dir.name)
     trainer = build_trainer(config, out_dir, [evaluation_callback(config, out_dir)], logger)

@@ -8,6 +8,8 @@ other, with no account or network. Each trial runs the sweep's `command` exactly
 would build it (`${args_no_hyphens}` -> `key=value` per parameter), followed by the `key=value`
 overrides given here (applied to every trial, e.g. `trainer.max_epochs=1`) and
 `out_dir=SWEEP_DIR/TRIAL`. W&B logging of the trials is offline unless an override says otherwise.
+The sweep file is first checked with W&B's own validator (the `sweeps` package), so what
+`wandb sweep` would refuse is refused here too, before any trial starts.
 
 - A trial whose results.json exists is skipped, so a re-run finishes an interrupted sweep; a trial
   that left `checkpoints/last.ckpt` but no results is resumed (`resume=true`).
@@ -31,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +44,7 @@ import yaml
 
 from common.atomic_io import atomic_open
 from experiments.cli import run_cli
-from experiments.config import ConfigError, split_cli_args
+from experiments.config import ConfigError, TrainConfig, split_cli_args
 from scoring.keys import flat_metrics
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
@@ -87,6 +90,12 @@ def load_sweep(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"The sweep file {path} holds no mapping; it needs at least `method: grid` and `parameters:`."
         )
+    violations = wandb_violations(sweep)
+    if violations:
+        raise ConfigError(
+            f"W&B would refuse the sweep file {path}: {'; '.join(violations)}. Fix the file (the keys "
+            f"and values `wandb sweep` accepts are in W&B's sweep configuration reference)."
+        )
     method = sweep.get("method")
     if method != "grid":
         raise ConfigError(
@@ -101,6 +110,28 @@ def load_sweep(path: Path) -> dict[str, Any]:
                 f"needs one of them (distributions such as min/max are for random / bayes sweeps)."
             )
     return sweep
+
+
+def wandb_violations(sweep: dict[str, Any]) -> list[str]:
+    """What W&B's own sweep validator (the `sweeps` package, also run by `wandb sweep`) finds wrong.
+
+    Imported here, on demand: the package brings scipy and scikit-learn, which nothing else at run
+    time needs, so it is a dev extra, not a base dependency.
+    """
+    try:
+        with warnings.catch_warnings():
+            # sweeps 0.2 declares its pydantic models in the v1 style, which pydantic 2 warns about.
+            warnings.simplefilter("ignore")
+            from sweeps import schema_violations_from_proposed_config
+    except ImportError:
+        raise ConfigError(
+            "Checking a sweep file needs W&B's sweep validator, the `sweeps` package, which is not "
+            "installed: pip install 'sweeps>=0.2,<0.3' (pip install -e '.[dev]' installs it too)."
+        ) from None
+    try:
+        return list(schema_violations_from_proposed_config(sweep))
+    except ValueError as error:  # raised instead of listed for some malformed parameters
+        return [str(error)]
 
 
 def swept_keys(parameters: dict[str, Any]) -> list[str]:
@@ -405,11 +436,16 @@ def main(arguments: Sequence[str]) -> None:
         )
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The command line: a sweep, or --help (its `key=value` overrides are training keys)."""
+    return run_cli(main, argv, usage=__doc__ or "", schema=TrainConfig)
+
+
 def entry_point() -> None:
     # Terminated, the sweep takes its running trial with it (subprocess.run kills the child on the
     # way out) instead of leaving it orphaned; a re-run resumes that trial from its last.ckpt.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    sys.exit(run_cli(main))
+    sys.exit(cli())
 
 
 if __name__ == "__main__":

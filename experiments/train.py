@@ -3,7 +3,8 @@
     python -m experiments.train [CONFIG.yaml] [key=value ...]
 
 Without a config file the default experiment (Fashion-MNIST vs MNIST) runs. Outputs go to
-`out_dir`: results.json, scores.npz, config.yaml, checkpoints/, wandb/.
+`out_dir`: results.json, scores.npz, config.yaml, checkpoints/, wandb/. `trainer.NAME=VALUE` passes
+any pytorch_lightning.Trainer argument (e.g. trainer.accumulate_grad_batches=2).
 
 An interrupted run (killed, preempted, out of time) continues where its last checkpoint left it,
 with the same results as if it had never stopped (same data order, random state and
@@ -63,8 +64,13 @@ def main(arguments: Sequence[str]) -> None:
     report_results(out_dir)
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The command line: a training run, or --help / --print-config."""
+    return run_cli(main, argv, usage=__doc__ or "", schema=TrainConfig, load_config=load_train_config)
+
+
 def entry_point() -> None:
-    sys.exit(run_cli(main))
+    sys.exit(cli())
 
 
 if __name__ == "__main__":

@@ -27,11 +27,17 @@ LIPSCHITZ_LAYER_CHOICES = ("spectral", "aol")
 
 @dataclass
 class ModelConfig:
+    # gaussian, alexandroff (latents on a sphere), lipschitz (fixed-Lipschitz encoder), or both.
     variant: str = "alexandroff"
+    # Dimension of the latent space (for the alexandroff variants: of the sphere S^d it lies on).
     latent_dim: int = 16
+    # Channels of the first convolution; the later ones are multiples of it (even: MaxMin pairs).
     width: int = 8
+    # Units of the fully connected layer of the encoder and decoder (even: MaxMin pairs).
     hidden_dim: int = 256
+    # Activation of both networks: maxmin (gradient-norm preserving) or relu.
     activation: str = "maxmin"
+    # Decoder likelihood of the pixels: bernoulli or continuous_bernoulli.
     likelihood: str = "bernoulli"
     # Only for the Lipschitz variants: the fixed Lipschitz constant of the encoder's mean map
     # (inf trains the same architecture unconstrained: the end of a sweep over L).
@@ -39,8 +45,11 @@ class ModelConfig:
     # How each encoder layer is held at operator norm <= 1: "spectral" (divided by its power-iteration
     # norm) or "aol" (almost-orthogonal rescaling, Prach and Lampert 2022; no power iteration).
     lipschitz_layers: str = "spectral"
+    # Power-iteration steps per training step that estimate each spectral layer's norm.
     power_iterations: int = 1
+    # Power-iteration steps of the certificate of the encoder's Lipschitz constant.
     certify_iterations: int = 2000
+    # Smallest concentration of the posterior on the sphere (alexandroff variants).
     kappa_floor: float = 1.0
 
     def __post_init__(self) -> None:
@@ -90,8 +99,11 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    # Adam learning rate.
     lr: float = 1e-3
+    # Weight decay of the optimiser (0: none).
     weight_decay: float = 0.0
+    # Learning-rate schedule over trainer.max_epochs: cosine (to 0) or none.
     scheduler: str = "cosine"
 
     def __post_init__(self) -> None:

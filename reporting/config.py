@@ -12,6 +12,7 @@ PLOT_FORMATS = ("png", "pdf", "svg")
 
 @dataclass
 class PlotConfig:
+    # Draw the dashboard (figures under OUT_DIR/plots/ and in W&B).
     enabled: bool = True
     # Draw at validation end every n epochs (when the OOD evaluation ran); 0 = at test end only.
     every_n_epochs: int = 1
@@ -21,12 +22,15 @@ class PlotConfig:
     n_images: int = 8
     # Cells per side of the grid on which the hole score shades the latent plane.
     grid_resolution: int = 80
+    # Prior draws decoded in the prior-samples figure.
     n_prior_samples: int = 16
     # Hole views (when hole_knn's reference exists): latent points drawn uniformly (seeded by the
     # run seed, so every epoch scores the same points) and scored by hole_knn; the hole_marked most
     # vacant are ringed in the hole map, and the hole_gallery most vacant distinct holes decoded.
     hole_samples: int = 4096
+    # The most vacant of those points ringed in the hole map.
     hole_marked: int = 100
+    # The most vacant distinct holes decoded in the hole gallery.
     hole_gallery: int = 8
     # Resolution of raster output (PNG, and images embedded in PDF/SVG), in dots per inch.
     dpi: int = 110

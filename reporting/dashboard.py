@@ -5,7 +5,10 @@ hole views score only uniform latent samples, never an input), and runs on rank 
 process holds the same gathered evaluation). Each figure is written under
 ``<out_dir>/plots/<stage>/`` in every format of ``plots.formats`` (png, pdf, svg; at ``plots.dpi``)
 and, when a ``WandbLogger`` is attached, logged to W&B as PNG; the per-sample tables go to W&B
-only (a picture cannot be sorted or filtered).
+only (a picture cannot be sorted or filtered). Whenever a ``WandbLogger`` is attached (figures on
+or off), the test evaluation also gives the run a ``test/tables/metrics`` table (one row per
+outlier set and score, one column per metric) and puts the headline AUROC per outlier set in the
+run summary: ``headline/<outlier>/auroc`` of the first listed score, named by ``headline/score``.
 
 Figures (``<name>.<format>`` below; validation files carry an ``_epochNNN`` suffix):
 - ``latent_space``: datasets and inlier classes (named for torchvision datasets) in latent space,
@@ -65,6 +68,8 @@ from scoring.registry import ReferenceLatents, hole_knn
 PLOTS_DIR = "plots"
 # The score that ranks samples in the tables and colours points when the plane cannot be shaded.
 RANKING_SCORE = "hole_knn"
+# The summary prefix of the headline numbers: the first listed score's AUROC per outlier set.
+HEADLINE = "headline"
 
 
 def subsample(dataset: np.ndarray, num_sets: int, max_points: int, seed: int) -> np.ndarray:
@@ -86,6 +91,19 @@ def ranking_score(score_names: list[str]) -> str | None:
     if RANKING_SCORE in score_names:
         return RANKING_SCORE
     return score_names[0] if score_names else None
+
+
+def metrics_rows(evaluation: Evaluation) -> tuple[list[str], list[list[Any]]]:
+    """The metrics as a table: one row per (outlier set, score), one column per metric."""
+    rows = [
+        [outlier, score, *by_metric.values()]
+        for outlier, by_score in evaluation.metrics.items()
+        for score, by_metric in by_score.items()
+    ]
+    first = next(
+        (by_metric for by_score in evaluation.metrics.values() for by_metric in by_score.values()), {}
+    )
+    return ["outlier", "score", *first], rows
 
 
 def file_safe(name: str) -> str:
@@ -112,6 +130,8 @@ class Dashboard:
         self.out_dir = None if out_dir is None else Path(out_dir)
 
     def report(self, evaluation: Evaluation, context: ReportContext) -> None:
+        if context.stage == "test" and context.loggers:
+            self._log_results(evaluation, context)
         if self._due(context):
             self._report(evaluation, context)
 
@@ -372,6 +392,26 @@ class Dashboard:
                 (self.settings.n_prior_samples,)
             )
         return self._decode(model, z)
+
+    @staticmethod
+    def _log_results(evaluation: Evaluation, context: ReportContext) -> None:
+        """The final metrics as one W&B table, and the headline AUROCs in the run summary.
+
+        The runs table of a project compares runs by their summary, so the number a reader looks
+        for first (the headline score's AUROC per outlier set) goes there under a fixed name.
+        """
+        columns, rows = metrics_rows(evaluation)
+        headline = evaluation.score_names[0] if evaluation.score_names else None
+        for logger in context.loggers:
+            logger.log_table(
+                key=f"{context.stage}/tables/metrics", columns=columns, data=rows, step=context.global_step
+            )
+            if headline is None:
+                continue
+            summary = logger.experiment.summary
+            summary[f"{HEADLINE}/score"] = headline
+            for outlier, by_score in evaluation.metrics.items():
+                summary[f"{HEADLINE}/{outlier}/auroc"] = by_score[headline]["auroc"]
 
     def _log_tables(
         self, context: ReportContext, evaluation: Evaluation, columns: dict[str, np.ndarray], keep: np.ndarray

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.checks import check_at_least
+from common.checks import check_at_least, check_choice
 
 # Every score the registry (scoring.registry) implements; the one list of score names.
 SCORE_NAMES: tuple[str, ...] = (
@@ -23,26 +23,46 @@ SCORE_NAMES: tuple[str, ...] = (
     "input_complexity",
     "likelihood_regret",
 )
+# hole_knn's statistics (scoring.knn.hole_knn_score).
+KNN_STATISTICS = ("relative", "mean_distance")
 DEFAULT_SCORES = ["hole_knn", "hole_posterior", "neg_elbo", "iwae_nll", "recon", "latent_norm"]
 
 
 @dataclass
 class ScoreConfig:
+    # The outlier scores computed and reported (see scoring/registry.py for each).
     names: list[str] = field(default_factory=lambda: list(DEFAULT_SCORES))
+    # Importance samples per input of iwae_nll.
     iwae_samples: int = 16
+    # Posterior samples per input of hole_posterior and hole_knn_posterior.
     posterior_samples: int = 16
+    # The k of hole_knn: how many nearest training-inlier latents it looks at.
     knn_k: int = 10
+    # hole_knn's statistic of the k nearest training latents: "relative" (the k-th distance over the
+    # neighbours' own, docs/method.md 4.1) or "mean_distance" (their mean distance).
+    knn_statistic: str = "relative"
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
+    # Queries per block of the exact kNN search (null: sized from a fixed memory budget).
     knn_chunk_size: int | None = None
-    # OOD metrics at validation end every n epochs (0 = only at test end). Reporting only: they
-    # cost about as much as the test pass and never select the checkpoint.
-    val_every_n_epochs: int = 0
+    # OOD metrics (and the dashboard's figures) at validation end every n epochs (0 = only at test
+    # end), so every W&B chart is a curve over epochs. Reporting only: they never select the
+    # checkpoint. They score a fixed seeded subset of at most val_max_samples images of every
+    # evaluated set, against a hole_knn reference of at most val_reference_size training inliers
+    # (None = all; knn_reference_size caps it too): the same images every epoch, and cheap enough
+    # that the defaults cost at most about 15% of the training time (benchmarks/validation_curves.py).
+    val_every_n_epochs: int = 1
+    # Images of each evaluated set scored at validation end (a fixed seeded subset; null: all).
+    val_max_samples: int | None = 250
+    # Training inliers in the validation-end hole_knn reference (a fixed seeded subset; null: all).
+    val_reference_size: int | None = 5000
     # likelihood_regret: Adam steps and learning rate of each input's own encoder optimisation, and
     # how many inputs of each evaluated set it scores (the first N by position, None = all; its
     # metrics use those inputs only). It costs `regret_steps` encoder updates per input.
     regret_steps: int = 50
+    # Learning rate of that per-input encoder optimisation.
     regret_lr: float = 1e-4
+    # Inputs of each evaluated set that likelihood_regret scores (the first N, null: all).
     regret_max_samples: int | None = 500
 
     def __post_init__(self) -> None:
@@ -54,8 +74,11 @@ class ScoreConfig:
         check_at_least("scores.iwae_samples", self.iwae_samples, 2)
         check_at_least("scores.posterior_samples", self.posterior_samples, 2)
         check_at_least("scores.knn_k", self.knn_k, 1)
+        check_choice("scores.knn_statistic", self.knn_statistic, KNN_STATISTICS)
         check_at_least("scores.knn_chunk_size", self.knn_chunk_size, 1)
         check_at_least("scores.val_every_n_epochs", self.val_every_n_epochs, 0)
+        check_at_least("scores.val_max_samples", self.val_max_samples, 1)
+        check_at_least("scores.val_reference_size", self.val_reference_size, 1)
         check_at_least("scores.regret_steps", self.regret_steps, 1)
         check_at_least("scores.regret_lr", self.regret_lr, 0, strict=True)
         check_at_least("scores.regret_max_samples", self.regret_max_samples, 1)
@@ -63,4 +86,14 @@ class ScoreConfig:
             raise ValueError(
                 f"'scores.knn_k'={self.knn_k} must be smaller than "
                 f"'scores.knn_reference_size'={self.knn_reference_size}: the k-th neighbour must exist."
+            )
+        if (
+            self.val_every_n_epochs
+            and self.val_reference_size is not None
+            and self.knn_k >= self.val_reference_size
+        ):
+            raise ValueError(
+                f"'scores.knn_k'={self.knn_k} must be smaller than 'scores.val_reference_size'="
+                f"{self.val_reference_size}, the hole_knn reference at validation: the k-th neighbour "
+                "must exist. Raise scores.val_reference_size or set scores.val_every_n_epochs=0."
             )

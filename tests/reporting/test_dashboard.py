@@ -355,7 +355,7 @@ def test_offline_wandb_run_holds_images_and_tables(dashboard_run: DashboardRun) 
         path.name.split("_")[0]: json.loads(path.read_text())
         for path in (media / "table").rglob("*.table.json")
     }
-    assert set(tables) == {"ranked", "latents"}
+    assert set(tables) == {"ranked", "latents", "metrics"}
     ranked, latents = tables["ranked"], tables["latents"]
     assert ranked["columns"] == [
         "dataset",
