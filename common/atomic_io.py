@@ -4,6 +4,12 @@ Each file is written to a hidden temporary sibling (``.<name>.<random>.tmp``), f
 then renamed over the target, and the rename itself is made durable by syncing the directory; a
 rename within one directory is atomic on POSIX, so readers see the old file or the new one. A
 kill can leave only a stray temporary, which :func:`remove_partial_writes` deletes before a resume.
+
+Files that belong together (results.json and scores.npz) are written as one :class:`AtomicFiles`
+group: every file is staged (written and flushed) before any replaces its target, so a kill while
+any of them is being written leaves all the previous ones; the renames then follow one another
+with no writing in between. Two renames are still two steps: only a kill between them (no I/O
+happens there) leaves a new file beside an old one.
 """
 
 from __future__ import annotations
@@ -21,32 +27,78 @@ import numpy as np
 TEMPORARY_SUFFIX = ".tmp"
 
 
+class AtomicFiles:
+    """A group of files staged to temporaries, none of which replaces its target before all are staged.
+
+    Use through :func:`atomic_files`, which commits the group when its block ends and discards
+    every temporary when the block raises.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, target), in staging order
+
+    @contextmanager
+    def open(self, path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+        """A stream to the temporary of ``path``, flushed to disk when the block ends."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+        temporary = Path(name)
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide results from others
+        try:
+            with os.fdopen(handle, mode) as stream:
+                yield stream
+                stream.flush()
+                os.fsync(stream.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        self._staged.append((temporary, path))
+
+    def _commit(self) -> None:
+        """Rename every staged temporary over its target, then make the renames durable."""
+        try:
+            for temporary, path in self._staged:
+                os.replace(temporary, path)
+        except BaseException:
+            self._discard()
+            raise
+        for directory in dict.fromkeys(path.parent for _, path in self._staged):
+            _fsync_directory(directory)
+
+    def _discard(self) -> None:
+        for temporary, _ in self._staged:
+            temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_files() -> Iterator[AtomicFiles]:
+    """Write several files so that a kill while writing any of them leaves every previous one."""
+    files = AtomicFiles()
+    try:
+        yield files
+    except BaseException:
+        files._discard()
+        raise
+    files._commit()
+
+
 @contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide results from others
-    try:
-        with os.fdopen(handle, mode) as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_files() as files, files.open(path, mode) as stream:
+        yield stream
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_open(path, "w") as stream:
+def write_json(path: Path, payload: dict[str, Any], files: AtomicFiles | None = None) -> None:
+    """``payload`` as indented JSON; staged in ``files`` when given, else written on its own."""
+    with files.open(path, "w") if files is not None else atomic_open(path, "w") as stream:
         json.dump(payload, stream, indent=2, sort_keys=False)
         stream.write("\n")
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_open(path, "wb") as stream:
+def write_npz(path: Path, arrays: dict[str, np.ndarray], files: AtomicFiles | None = None) -> None:
+    """``arrays`` as a compressed .npz; staged in ``files`` when given, else written on its own."""
+    with files.open(path, "wb") if files is not None else atomic_open(path, "wb") as stream:
         np.savez_compressed(stream, **arrays)  # type: ignore[arg-type]
 
 

@@ -305,6 +305,14 @@ class RelocatableCheckpoint(ModelCheckpoint):
     this one, which holds the same files, and the whole state is restored.
     """
 
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's own key: Lightning files callback state under the class name, and a
+        checkpoint written under another name (by plain ModelCheckpoint, or by an earlier version of
+        this class) would silently not restore the best-epoch bookkeeping on resume, leaving the
+        previous best file behind and forgetting its score."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         stored = state_dict.get("dirpath")
         if stored is None or self.dirpath is None or stored == self.dirpath:

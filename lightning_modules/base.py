@@ -145,7 +145,8 @@ class BaseVAE(pl.LightningModule):
         encoding = encoding if encoding is not None else self.encode(x)
         z = self.sample_posterior(encoding, samples, seeds)
         return ImportanceSamples(
-            log_likelihood=log_likelihood(self.decode(z), x, self.likelihood),
+            # Summed in float64: scores are differences and variances of these sums (see ScoringModel).
+            log_likelihood=log_likelihood(self.decode(z), x, self.likelihood, dtype=torch.float64),
             log_prior=self.prior(z).log_prob(z),
             log_posterior=encoding.posterior.log_prob(z),
         )

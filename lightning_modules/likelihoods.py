@@ -15,8 +15,11 @@ from torch import Tensor
 from lightning_modules.config import LIKELIHOOD_CHOICES
 
 
-def log_likelihood(logits: Tensor, x: Tensor, kind: str) -> Tensor:
-    """Per-sample log p(x | z), summed over every pixel: shape logits.shape[:-3]."""
+def log_likelihood(logits: Tensor, x: Tensor, kind: str, dtype: torch.dtype | None = None) -> Tensor:
+    """Per-sample log p(x | z), summed over every pixel: shape logits.shape[:-3].
+
+    The sum is taken in ``dtype`` (default: the logits' dtype); scores take it in float64.
+    """
     target = x.expand_as(logits)
     if kind == "bernoulli":
         log_p = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -25,7 +28,7 @@ def log_likelihood(logits: Tensor, x: Tensor, kind: str) -> Tensor:
         log_p = distribution.log_prob(target)
     else:
         raise ValueError(f"Unknown likelihood {kind!r}; valid choices: {', '.join(LIKELIHOOD_CHOICES)}.")
-    return log_p.flatten(start_dim=-3).sum(dim=-1)
+    return log_p.flatten(start_dim=-3).sum(dim=-1, dtype=dtype)
 
 
 def mean_image(logits: Tensor, kind: str) -> Tensor:

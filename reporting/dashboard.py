@@ -41,6 +41,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from common.atomic_io import atomic_open
 from lightning_modules.base import BaseVAE
 from lightning_modules.likelihoods import mean_image
 from reporting.base import ReportContext
@@ -493,5 +494,6 @@ class Dashboard:
         if self.out_dir is None:
             return
         folder = self.out_dir / PLOTS_DIR / stage
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / file_name).write_bytes(data)
+        # Atomically: a run killed while drawing keeps the previous figure, never half of a new one.
+        with atomic_open(folder / file_name, "wb") as stream:
+            stream.write(data)

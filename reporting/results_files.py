@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic_io import write_json, write_npz
+from common.atomic_io import atomic_files, write_json, write_npz
 from reporting.base import ReportContext
 from scoring.evaluation import Evaluation
 
@@ -59,5 +59,7 @@ class ResultsFiles:
             "latent": columns["latent"].float().numpy(),
             **{f"score_{name}": columns[name].numpy() for name in evaluation.score_names},
         }
-        write_npz(self.out_dir / "scores.npz", arrays)
-        write_json(self.out_dir / "results.json", results)
+        # One group: a kill while either file is written leaves both previous files (common.atomic_io).
+        with atomic_files() as files:
+            write_npz(self.out_dir / "scores.npz", arrays, files)
+            write_json(self.out_dir / "results.json", results, files)
