@@ -5,7 +5,7 @@ No Lightning and no matplotlib: everything here works on tensors and on any mode
 (validated by every entry point before any work) does not import torch.
 
     from scoring import HoleDetector, ood_metrics
-    detector = HoleDetector(k=100).fit(train_latents)
+    detector = HoleDetector().fit(train_latents)  # the default hole_knn: k = 3, mean distance
     metrics = ood_metrics(detector.score(inlier_latents), detector.score(outlier_latents))
 """
 

@@ -37,10 +37,11 @@ class ScoreConfig:
     # Posterior samples per input of hole_posterior and hole_knn_posterior.
     posterior_samples: int = 16
     # The k of hole_knn: how many nearest training-inlier latents it looks at.
-    knn_k: int = 10
-    # hole_knn's statistic of the k nearest training latents: "relative" (the k-th distance over the
-    # neighbours' own, docs/method.md 4.1) or "mean_distance" (their mean distance).
-    knn_statistic: str = "relative"
+    knn_k: int = 3
+    # hole_knn's statistic of the k nearest training latents: "mean_distance" (their mean distance)
+    # or "relative" (the k-th distance over the neighbours' own, docs/method.md 4.1). The default
+    # pair (k = 3, mean_distance) is the selection rule's choice (README, "Choosing the default").
+    knn_statistic: str = "mean_distance"
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     # Queries per block of the exact kNN search (null: sized from a fixed memory budget).

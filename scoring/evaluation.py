@@ -123,6 +123,8 @@ def build_reference(latents: Tensor, metric: str, settings: ScoreConfig) -> Refe
             f"the training inliers gave {latents.shape[0]}: lower scores.knn_k or use more "
             f"training data (data.max_train_samples, scores.knn_reference_size)."
         )
+    if settings.knn_statistic != "relative":  # only the relative statistic reads the reference's own spacing
+        return ReferenceLatents(latents, metric)
     kth = reference_kth_distances(latents, settings.knn_k, metric, settings.knn_chunk_size)  # type: ignore[arg-type]
     return ReferenceLatents(latents, metric, kth)
 

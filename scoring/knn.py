@@ -29,8 +29,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from scoring.config import KNN_STATISTICS
+
 KnnMetric = Literal["euclidean", "geodesic"]
 _METRICS: tuple[str, ...] = ("euclidean", "geodesic")
+# What hole_knn_score reports of a query's k nearest reference latents (docs/method.md, section 4.1);
+# the choices live with the config (scoring.config.KNN_STATISTICS), which must not import torch.
+KnnStatistic = Literal["relative", "mean_distance"]
 
 # Element budget of one temporary distance block. On the CPU a block that stays in cache is
 # several times faster than a large one; on accelerators larger blocks amortise kernel launches.
@@ -148,6 +153,7 @@ def hole_knn_score(
     metric: KnnMetric = "euclidean",
     chunk_size: int | None = None,
     reference_kth: Tensor | None = None,
+    statistic: KnnStatistic = "relative",
 ) -> Tensor:
     """The ``hole_knn`` score: how vacant the place is where each query lands, ``[Q]``.
 
@@ -164,11 +170,21 @@ def hole_knn_score(
     The denominator is clamped below at ``HOLE_KNN_EPS`` so duplicated reference points cannot
     cause a division by zero.
 
+    ``statistic="mean_distance"`` reports the mean distance to the k nearest reference points
+    instead, without the normalisation: a query in a sparse region then counts as more vacant than
+    one in a dense region at the same relative distance (the kNN density estimate's view, which
+    the compact-latent study measured against the relative one; README, "The compact-latent study").
+
     Args:
         queries, reference, k, metric, chunk_size: as in ``knn_distances``.
         reference_kth: ``reference_kth_distances(reference, k, metric)`` if already computed; it
-            must have been computed with the same ``k`` and ``metric``.
+            must have been computed with the same ``k`` and ``metric``. Unused by ``mean_distance``.
+        statistic: ``"relative"`` (the ratio above) or ``"mean_distance"``.
     """
+    if statistic not in KNN_STATISTICS:
+        raise ValueError(f"statistic must be one of {KNN_STATISTICS}, got {statistic!r}.")
+    if statistic == "mean_distance":
+        return knn_distances(queries, reference, k, metric, chunk_size)[0].mean(dim=1)
     if reference_kth is None:
         reference_kth = reference_kth_distances(reference, k, metric, chunk_size)
     elif reference_kth.shape != (reference.shape[0],) or reference_kth.device != reference.device:

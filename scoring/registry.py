@@ -25,7 +25,7 @@ from scoring.config import SCORE_NAMES, ScoreConfig
 from scoring.input_complexity import input_complexity_score
 from scoring.knn import hole_knn_score
 from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
-from scoring.model import Encoding, ImportanceSamples, ScoringModel
+from scoring.model import Encoding, ImportanceSamples, ScoringModel, batch_invariant_encoding
 
 
 @dataclass
@@ -42,8 +42,9 @@ class ScoreContext:
 
     @property
     def encoding(self) -> Encoding:
+        """The batch's encoding, each input's independent of its batch (``batch_invariant_encoding``)."""
         if self._encoding is None:
-            self._encoding = self.model.encode(self.x)
+            self._encoding = batch_invariant_encoding(self.model, self.x)
         return self._encoding
 
     def samples(self, count: int) -> ImportanceSamples:
@@ -159,6 +160,7 @@ def hole_knn(queries: Tensor, reference: ReferenceLatents, settings: ScoreConfig
         metric=reference.metric,  # type: ignore[arg-type]
         chunk_size=settings.knn_chunk_size,
         reference_kth=reference.kth_distances,
+        statistic=settings.knn_statistic,  # type: ignore[arg-type]
     )
 
 

@@ -53,7 +53,7 @@ def test_wrong_type_is_rejected() -> None:
         ("scores.names=[neg_elbo,magic]", "Valid scores"),
         ("scores.iwae_samples=1", "iwae_samples"),
         ("scores.posterior_samples=1", "posterior_samples"),
-        ("scores.knn_reference_size=10", "knn_k"),
+        ("scores.knn_reference_size=3", "knn_k"),  # not above the default k = 3
     ],
 )
 def test_impossible_values_are_rejected(override: str, expected: str) -> None:

@@ -55,11 +55,12 @@ def clusters(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_hole_detector_finds_the_hole_between_clusters() -> None:
     reference, inliers, outliers = clusters(0)
-    detector = HoleDetector(k=10).fit(reference)
-    inlier_scores, outlier_scores = detector.score(inliers), detector.score(outliers)
-    torch.testing.assert_close(inlier_scores, hole_knn_score(inliers, reference, 10))
-    metrics = ood_metrics(inlier_scores, outlier_scores)
-    assert metrics["auroc"] > 0.95 and metrics["fpr95"] < 0.2
+    for statistic in ("relative", "mean_distance"):
+        detector = HoleDetector(k=10, statistic=statistic).fit(reference)
+        inlier_scores, outlier_scores = detector.score(inliers), detector.score(outliers)
+        torch.testing.assert_close(inlier_scores, hole_knn_score(inliers, reference, 10, statistic=statistic))
+        metrics = ood_metrics(inlier_scores, outlier_scores)
+        assert metrics["auroc"] > 0.95 and metrics["fpr95"] < 0.2, statistic
     with pytest.raises(RuntimeError, match="fit"):
         HoleDetector().score(inliers)
 
