@@ -15,7 +15,9 @@ class PlotConfig:
     # Draw the dashboard (figures under OUT_DIR/plots/ and in W&B).
     enabled: bool = True
     # Draw at validation end every n epochs (when the OOD evaluation ran); 0 = at test end only.
-    every_n_epochs: int = 1
+    # Every second epoch by default: the figures cost more than the validation metrics, and the
+    # two together must stay within 15% of an epoch (benchmarks/validation_curves.py).
+    every_n_epochs: int = 2
     # Scatter plots keep at most max_points // (number of datasets) seeded points per dataset.
     max_points: int = 2000
     # Images per dataset in reconstruction grids, and per group in the ranked-samples table.

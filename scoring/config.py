@@ -54,9 +54,9 @@ class ScoreConfig:
     # that the defaults cost at most about 15% of the training time (benchmarks/validation_curves.py).
     val_every_n_epochs: int = 1
     # Images of each evaluated set scored at validation end (a fixed seeded subset; null: all).
-    val_max_samples: int | None = 250
+    val_max_samples: int | None = 200
     # Training inliers in the validation-end hole_knn reference (a fixed seeded subset; null: all).
-    val_reference_size: int | None = 5000
+    val_reference_size: int | None = 2000
     # likelihood_regret: Adam steps and learning rate of each input's own encoder optimisation, and
     # how many inputs of each evaluated set it scores (the first N by position, None = all; its
     # metrics use those inputs only). It costs `regret_steps` encoder updates per input.
