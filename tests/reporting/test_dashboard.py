@@ -317,7 +317,8 @@ def train_with_dashboard(out_dir: Path) -> None:
         to_dict(config.model), to_dict(config.optim), datamodule.image_shape, config.trainer.max_epochs
     )
     scores = OmegaConf.to_object(config.scores)
-    plots = PlotConfig(n_images=4, hole_samples=1024, formats=list(FORMATS))
+    # every_n_epochs=1: figures at every validation end (the default draws every second one).
+    plots = PlotConfig(every_n_epochs=1, n_images=4, hole_samples=1024, formats=list(FORMATS))
     evaluation = OODEvaluation(scores, [Dashboard(plots, out_dir)], run_info(config))  # type: ignore[arg-type]
     logger = WandbLogger(project="dashboard-test", save_dir=str(out_dir), offline=True)
     trainer = build_trainer(
