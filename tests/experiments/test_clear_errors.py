@@ -17,15 +17,7 @@ from PIL import Image
 from experiments import evaluate as evaluate_cli
 from experiments import sweep as sweep_cli
 from experiments import train as train_cli
-from tests.helpers import one_thread, tiny_overrides
-
-QUICK = {
-    "logger.mode": "disabled",
-    "plots.enabled": "false",
-    "scores.names": "[neg_elbo]",
-    "trainer.limit_train_batches": "3",
-}
-QUICK_EVAL = ["logger.mode=disabled", "plots.enabled=false"]
+from tests.helpers import QUICK, QUICK_EVAL, one_thread, tiny_overrides
 
 
 @pytest.fixture(scope="module")

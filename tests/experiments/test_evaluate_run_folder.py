@@ -14,15 +14,7 @@ import yaml
 from datamodules.ood_datamodule import OODDataModule
 from experiments import evaluate as evaluate_cli
 from experiments import train as train_cli
-from tests.helpers import load_results, one_thread, tiny_overrides
-
-QUICK = {
-    "logger.mode": "disabled",
-    "plots.enabled": "false",
-    "scores.names": "[neg_elbo]",
-    "trainer.limit_train_batches": "3",
-}
-QUICK_EVAL = ["logger.mode=disabled", "plots.enabled=false"]
+from tests.helpers import QUICK, QUICK_EVAL, load_results, one_thread, tiny_overrides
 
 
 @contextmanager

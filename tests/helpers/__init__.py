@@ -25,6 +25,16 @@ DATA_MISSING = (
 requires_data = pytest.mark.skipif(not (DATA_DIR / "fashion-mnist").is_dir(), reason=DATA_MISSING)
 
 
+# Extra settings for a tiny run whose outputs a test does not read: no logger, figures or costly scores.
+QUICK = {
+    "logger.mode": "disabled",
+    "plots.enabled": "false",
+    "scores.names": "[neg_elbo]",
+    "trainer.limit_train_batches": "3",
+}
+QUICK_EVAL = ["logger.mode=disabled", "plots.enabled=false"]
+
+
 def tiny_overrides(out_dir: Path, **extra: str) -> list[str]:
     """A real but tiny Fashion-MNIST vs MNIST run: seconds on two CPU cores."""
     settings = {
