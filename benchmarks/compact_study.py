@@ -8,7 +8,7 @@
    one ``experiments.train`` run through the sweep runner (finished trials are skipped, killed
    ones resume from ``last.ckpt``). Each run reports its test metrics as always.
 2. ``select``: the selection suite of the README ("Choosing the default"): for every seed-0 run,
-   the model's validation inliers against six corruptions of them (``datamodules.corruptions``),
+   the model's validation inliers against eight corruptions of them (``datamodules.corruptions``),
    scored with every candidate hole score (``HOLE_SCORES``) through the scoring core; the result
    is cached as ``selection.json`` in the run folder. No outlier test set is read.
 3. ``report``: ``benchmarks/results/compact_study.json`` and ``compact_study.md`` (the selection
@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, hardware_info, write_result
 from benchmarks.quality import BENCHMARKS, REPO_ROOT
 from common.atomic_io import atomic_open, write_json
+from datamodules.corruptions import SELECTION_CORRUPTIONS, corrupt
 from experiments.sweep import Trial, read_metrics, run_trials
 from scoring.config import SCORE_NAMES, ScoreConfig
 from scoring.keys import parse_metric_key
@@ -76,8 +77,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "gaussian_e10": {"compact": False, "variant": "gaussian", "lipschitz": None, "epochs": 10},
 }
 # Candidate hole scores: name -> the scores settings that compute it (as `score`). Round 1 (the
-# first three) and round 2 (the mean distance to the k nearest, without the relative
-# normalisation; added 2026-11-29 before any of them was evaluated on a test set).
+# first three), round 2 (the mean distance to the k nearest, without the relative normalisation)
+# and round 3 (the vacancy in the joint space of latent and log reconstruction error at four
+# weights, with round 2's k and statistic); each round's scores were added before any of them
+# was evaluated on a test set (README, "Choosing the default").
 HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
     "hole_knn": ("hole_knn", {"knn_k": 100}),
     "hole_knn_k10": ("hole_knn", {"knn_k": 10}),
@@ -85,6 +88,10 @@ HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
     **{
         f"hole_knn_distance_k{k}": ("hole_knn", {"knn_k": k, "knn_statistic": "mean_distance"})
         for k in (1, 3, 5, 10)
+    },
+    **{
+        f"hole_knn_recon_w{weight:g}": ("hole_knn_recon", {"knn_k": 3, "knn_recon_weight": weight})
+        for weight in (0.5, 1.0, 2.0, 4.0)
     },
 }
 # Every score but the two costly baselines (input_complexity compresses PNGs, likelihood_regret
@@ -164,11 +171,10 @@ def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
     """The AUROC of each of ``candidates`` (HOLE_SCORES) on validation inliers vs each corruption of them."""
     from torch.utils.data import DataLoader
 
-    from datamodules.corruptions import SELECTION_CORRUPTIONS, corrupt
     from datamodules.ood_datamodule import ImageTensorDataset, OODDataModule, collate_batch
     from datamodules.sources import ImageSet
     from lightning_modules.factory import load_model
-    from scoring.evaluation import build_reference, concatenate, evaluate, score_record
+    from scoring.evaluation import build_reference, concatenate, evaluate, reference_record, score_record
 
     config = OmegaConf.load(run_dir / "config.yaml")
     model = load_model(best_checkpoint(run_dir)).eval()
@@ -192,12 +198,15 @@ def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
         for x, labels, indices in loader:
             records.append(score_record(model, x, labels, indices, set_id, recording, int(config.seed)))
     columns = concatenate(records)  # sorted by (set, index) already: sets in order, loaders unshuffled
-    reference_latents = torch.cat([model.encode(x).location for x, _, _ in datamodule.reference_dataloader()])
+    training_inliers = datamodule.reference_dataloader()
+    trained = concatenate([reference_record(model, x, recording) for x, _, _ in training_inliers])
     results: dict[str, dict[str, float]] = {}
     for candidate in candidates:
         score, settings = HOLE_SCORES[candidate]
         scores = ScoreConfig(names=[score], posterior_samples=recording.posterior_samples, **settings)
-        reference = build_reference(reference_latents, model.latent_metric, scores)
+        reference = build_reference(
+            trained["latent"], model.latent_metric, scores, trained.get("log_recon_error")
+        )
         evaluation = evaluate(columns, [image_set.name for image_set in sets], scores, reference)
         results[candidate] = {
             corruption: values[score]["auroc"] for corruption, values in evaluation.metrics.items()
@@ -210,11 +219,15 @@ def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
 
 
 def cached_selection(run: StudyRun) -> dict[str, Any] | None:
-    """The run's selection-suite AUROCs; hole scores added to HOLE_SCORES since the cache was
-    written are computed and merged in, the cached ones are kept."""
+    """The run's selection-suite AUROCs; hole scores added to HOLE_SCORES, or lacking a corruption
+    added to the suite, since the cache was written are computed and merged in, the others kept."""
     path = run.trial.out_dir / "selection.json"
     cached = json.loads(path.read_text()) if path.is_file() else {"auroc": {}}
-    missing = [candidate for candidate in HOLE_SCORES if candidate not in cached["auroc"]]
+    missing = [
+        candidate
+        for candidate in HOLE_SCORES
+        if not set(SELECTION_CORRUPTIONS) <= set(cached["auroc"].get(candidate, {}))
+    ]
     if not missing:
         return cached
     if not (run.trial.out_dir / "results.json").is_file():
@@ -358,8 +371,9 @@ def markdown(
     winner: dict[str, Any], rows: list[dict[str, Any]], table: dict[str, Any], candidates: list[str]
 ) -> str:
     lines = [
-        "**Selection suite** (validation inliers vs six corruptions of them, Fashion-MNIST and MNIST "
-        "inliers, seed 0; no outlier test set): worst-case and mean AUROC over the 12 pairs",
+        f"**Selection suite** (validation inliers vs {len(SELECTION_CORRUPTIONS)} corruptions of them, "
+        "Fashion-MNIST and MNIST inliers, seed 0; no outlier test set): worst-case and mean AUROC over "
+        f"the {2 * len(SELECTION_CORRUPTIONS)} pairs",
         "",
         "| candidate | hole score | admissible | worst | mean | val ELBO |",
         "|---|---|---|---|---|---|",

@@ -39,11 +39,11 @@ from scoring.evaluation import (
     concatenate,
     deduplicate,
     evaluate,
+    reference_record,
     reference_rows,
     score_record,
 )
 from scoring.keys import flat_metrics
-from scoring.model import batch_invariant_encoding
 from scoring.registry import REFERENCE_SCORES, ReferenceLatents
 
 # Inputs per evaluated set on which the empirical Lipschitz lower bound is searched (test only).
@@ -227,9 +227,13 @@ class OODEvaluation(Callback):
             generator=torch.Generator().manual_seed(self.seed),
         )
         # Encoded as the scored inputs are: the latents do not depend on the shard or batch sizes.
-        parts = [batch_invariant_encoding(model, x.to(model.device)).location for x, _, _ in subset_loader]
-        latents = gather_rows(trainer, torch.cat(parts))
-        return build_reference(latents, model.latent_metric, self.settings)
+        columns = concatenate(
+            [reference_record(model, x.to(model.device), self.settings) for x, _, _ in subset_loader]
+        )
+        gathered = {key: gather_rows(trainer, value) for key, value in columns.items()}
+        return build_reference(
+            gathered["latent"], model.latent_metric, self.settings, gathered.get("log_recon_error")
+        )
 
     def _empirical_lipschitz(self, trainer: pl.Trainer, model: BaseVAE, stage: str) -> float | None:
         """At test: the largest Jacobian norm of the mean map over the first inputs of every set.

@@ -3,7 +3,9 @@
 The default configuration is chosen on these (README, "Choosing the default"), so they must share
 nothing with the evaluation suite: no flips, no noise, no constant images, no second dataset. Each
 corruption takes uint8 ``[N, C, H, W]`` images and a seeded generator and returns new images of the
-same shape and dtype; the random ones depend only on the images and the seed.
+same shape and dtype; the random ones depend only on the images and the seed. The first six keep
+the image's structure; the two *far* ones of round 3 (``pixel_permute``, ``mosaic``) destroy its
+fine structure, so the suite can also reward a score that sees inputs far from every inlier.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ Corruption = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 BLUR_SIGMA = 1.5  # pixels
 PATCH_GRID = 4  # patch_shuffle permutes a 4 x 4 grid of patches (7 x 7 pixels at 28 x 28)
 ERASE_FRACTION = 0.5  # erase blanks a square of half the image side (14 x 14 at 28 x 28)
+MOSAIC_CELL = 7  # mosaic averages cells of 7 x 7 pixels (a 4 x 4 mosaic at 28 x 28)
 
 
 def invert(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -77,6 +80,22 @@ def erase(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return images.masked_fill(inside.unsqueeze(1), 0)
 
 
+def pixel_permute(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Permute each image's pixels at random: the inliers' intensities without any spatial structure."""
+    count = images.shape[0]
+    flat = images.flatten(1)
+    order = torch.stack([torch.randperm(flat.shape[1], generator=generator) for _ in range(count)])
+    return flat.gather(1, order).view(images.shape)
+
+
+def mosaic(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Replace each MOSAIC_CELL x MOSAIC_CELL cell by its mean: the silhouette without any detail."""
+    height, width = images.shape[-2:]
+    means = F.avg_pool2d(images.float(), MOSAIC_CELL, ceil_mode=True)
+    cells = means.repeat_interleave(MOSAIC_CELL, dim=-2).repeat_interleave(MOSAIC_CELL, dim=-1)
+    return cells[..., :height, :width].round().to(torch.uint8).contiguous()
+
+
 SELECTION_CORRUPTIONS: dict[str, Corruption] = {
     "invert": invert,
     "rot90": rot90,
@@ -84,6 +103,8 @@ SELECTION_CORRUPTIONS: dict[str, Corruption] = {
     "patch_shuffle": patch_shuffle,
     "mixup": mixup,
     "erase": erase,
+    "pixel_permute": pixel_permute,
+    "mosaic": mosaic,
 }
 
 

@@ -15,6 +15,7 @@ from common.checks import check_at_least, check_choice
 SCORE_NAMES: tuple[str, ...] = (
     "hole_knn",
     "hole_knn_posterior",
+    "hole_knn_recon",
     "hole_posterior",
     "neg_elbo",
     "iwae_nll",
@@ -42,6 +43,10 @@ class ScoreConfig:
     # or "relative" (the k-th distance over the neighbours' own, docs/method.md 4.1). The default
     # pair (k = 3, mean_distance) is the selection rule's choice (README, "Choosing the default").
     knn_statistic: str = "mean_distance"
+    # hole_knn_recon's weight of the log reconstruction error: one interquartile range of the
+    # inliers' log errors counts as this many typical neighbour distances in the latent space
+    # (docs/method.md 4.2).
+    knn_recon_weight: float = 2.0
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     # Queries per block of the exact kNN search (null: sized from a fixed memory budget).
@@ -76,6 +81,7 @@ class ScoreConfig:
         check_at_least("scores.posterior_samples", self.posterior_samples, 2)
         check_at_least("scores.knn_k", self.knn_k, 1)
         check_choice("scores.knn_statistic", self.knn_statistic, KNN_STATISTICS)
+        check_at_least("scores.knn_recon_weight", self.knn_recon_weight, 0, strict=True)
         check_at_least("scores.knn_chunk_size", self.knn_chunk_size, 1)
         check_at_least("scores.val_every_n_epochs", self.val_every_n_epochs, 0)
         check_at_least("scores.val_max_samples", self.val_max_samples, 1)

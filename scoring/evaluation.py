@@ -15,15 +15,18 @@ import torch
 from torch import Tensor
 
 from scoring.config import ScoreConfig
-from scoring.knn import reference_kth_distances
+from scoring.knn import knn_distances, reference_kth_distances
 from scoring.metrics import labelled_ood_metrics
-from scoring.model import ScoringModel
+from scoring.model import ScoringModel, batch_invariant_encoding
 from scoring.registry import (
     BATCH_SCORES,
     REFERENCE_INPUTS,
     REFERENCE_SCORES,
     SUBSET_LIMITS,
     ReferenceLatents,
+    joint_points,
+    log_reconstruction_error,
+    reconstruction_error,
     sample_seeds,
     score_batch,
     scored_rows,
@@ -115,18 +118,65 @@ def deduplicate(columns: dict[str, Tensor]) -> dict[str, Tensor]:
     return {key: value[keep] for key, value in columns.items()}
 
 
-def build_reference(latents: Tensor, metric: str, settings: ScoreConfig) -> ReferenceLatents:
-    """The hole_knn reference: training-inlier latents and their own k-th-neighbour distances."""
+@torch.no_grad()
+def reference_record(model: ScoringModel, x: Tensor, settings: ScoreConfig) -> dict[str, Tensor]:
+    """What the reference keeps of one batch of training inliers: ``latent``, and ``log_recon_error``
+    when hole_knn_recon is asked for. Encoded as the scored inputs are (batch-invariant)."""
+    encoding = batch_invariant_encoding(model, x)
+    record = {"latent": encoding.location}
+    if "hole_knn_recon" in settings.names:
+        record["log_recon_error"] = log_reconstruction_error(reconstruction_error(model, x, encoding))
+    return record
+
+
+def build_reference(
+    latents: Tensor, metric: str, settings: ScoreConfig, log_recon_error: Tensor | None = None
+) -> ReferenceLatents:
+    """The reference of the reference scores: training-inlier latents, their own k-th-neighbour
+    distances (for the relative hole_knn) and their joint-space points (for hole_knn_recon)."""
     if latents.shape[0] <= settings.knn_k:
         raise ValueError(
             f"hole_knn needs more than scores.knn_k={settings.knn_k} reference latents but "
             f"the training inliers gave {latents.shape[0]}: lower scores.knn_k or use more "
             f"training data (data.max_train_samples, scores.knn_reference_size)."
         )
-    if settings.knn_statistic != "relative":  # only the relative statistic reads the reference's own spacing
-        return ReferenceLatents(latents, metric)
-    kth = reference_kth_distances(latents, settings.knn_k, metric, settings.knn_chunk_size)  # type: ignore[arg-type]
-    return ReferenceLatents(latents, metric, kth)
+    reference = ReferenceLatents(latents, metric)
+    if settings.knn_statistic == "relative":  # only the relative statistic reads the reference's own spacing
+        reference.kth_distances = reference_kth_distances(
+            latents,
+            settings.knn_k,
+            metric,  # type: ignore[arg-type]
+            settings.knn_chunk_size,
+        )
+    if "hole_knn_recon" in settings.names:
+        if log_recon_error is None:
+            raise ValueError("hole_knn_recon needs the reference inliers' reconstruction errors.")
+        reference.recon_weight = recon_weight(latents, log_recon_error, settings)
+        reference.joint = joint_points(latents, log_recon_error, reference.recon_weight)
+    return reference
+
+
+def recon_weight(latents: Tensor, log_recon_error: Tensor, settings: ScoreConfig) -> float:
+    """hole_knn_recon's scale: ``knn_recon_weight`` x (median distance of a reference latent to its k
+    nearest others) / (interquartile range of the reference's log errors), docs/method.md 4.2.
+
+    Both scales come from the inliers alone, so the weight means the same for any model: one
+    inlier IQR of log error counts as ``knn_recon_weight`` typical neighbour distances.
+    """
+    own, _ = knn_distances(
+        latents, latents, settings.knn_k, "euclidean", settings.knn_chunk_size, exclude_self=True
+    )
+    spacing = own.double().mean(dim=1).median()
+    quartiles = torch.quantile(log_recon_error.double(), torch.tensor([0.25, 0.75], dtype=torch.float64))
+    spread = quartiles[1] - quartiles[0]
+    if not spread > 0 or not spacing > 0:
+        raise ValueError(
+            "hole_knn_recon cannot scale its joint space: the reference inliers' log reconstruction "
+            f"errors have interquartile range {float(spread):.3g} and their latents a median neighbour "
+            f"distance of {float(spacing):.3g}. Use more training inliers (scores.knn_reference_size) "
+            "or another score."
+        )
+    return float(settings.knn_recon_weight * spacing / spread)
 
 
 def reference_rows(size: int, cap: int | None, seed: int) -> Tensor:

@@ -2,9 +2,10 @@
 
 Two kinds of score:
 - batch scores are functions of one batch and the model (likelihood baselines, hole_posterior);
-- reference scores need the whole set of training-inlier latents (hole_knn, hole_knn_posterior),
-  so the pipeline computes them after gathering every record; what they need of each input
-  (its latent location, or K posterior draws) is recorded per batch (`REFERENCE_INPUTS`).
+- reference scores need the whole set of training-inlier latents (hole_knn, hole_knn_posterior,
+  hole_knn_recon), so the pipeline computes them after gathering every record; what they need of
+  each input (its latent location, K posterior draws, its log reconstruction error) is recorded
+  per batch (`REFERENCE_INPUTS`).
 Scores that share work (one encoding, one set of K posterior samples) share it through
 `ScoreContext`, which caches per batch.
 A score too costly for whole evaluated sets (likelihood_regret) is a subset score: it is computed
@@ -23,9 +24,12 @@ from torch import Tensor
 
 from scoring.config import SCORE_NAMES, ScoreConfig
 from scoring.input_complexity import input_complexity_score
-from scoring.knn import hole_knn_score
+from scoring.knn import hole_knn_score, knn_distances
 from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
 from scoring.model import Encoding, ImportanceSamples, ScoringModel, batch_invariant_encoding
+
+# Smallest reconstruction error whose log hole_knn_recon takes (a perfect reconstruction has 0).
+RECON_ERROR_FLOOR = 1e-12
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ScoreContext:
     indices: Tensor | None = None  # each input's position in its evaluated set (subset scores)
     _encoding: Encoding | None = None
     _samples: dict[int, ImportanceSamples] = field(default_factory=dict)
+    _reconstruction_error: Tensor | None = None
 
     @property
     def encoding(self) -> Encoding:
@@ -46,6 +51,13 @@ class ScoreContext:
         if self._encoding is None:
             self._encoding = batch_invariant_encoding(self.model, self.x)
         return self._encoding
+
+    @property
+    def reconstruction_error(self) -> Tensor:
+        """Squared error between x and its reconstruction, summed over the pixels in float64."""
+        if self._reconstruction_error is None:
+            self._reconstruction_error = reconstruction_error(self.model, self.x, self.encoding)
+        return self._reconstruction_error
 
     def samples(self, count: int) -> ImportanceSamples:
         if count not in self._samples:
@@ -67,9 +79,19 @@ def iwae_nll(ctx: ScoreContext) -> Tensor:
     return math.log(log_weights.shape[0]) - torch.logsumexp(log_weights, dim=0)
 
 
+def reconstruction_error(model: ScoringModel, x: Tensor, encoding: Encoding) -> Tensor:
+    """Squared error between x and the expected image decoded from the posterior location (float64 sum)."""
+    return (model.reconstruct(encoding) - x).double().square().flatten(1).sum(dim=1)
+
+
+def log_reconstruction_error(error: Tensor) -> Tensor:
+    """log of ``reconstruction_error``, floored so that a perfect reconstruction stays finite."""
+    return error.clamp_min(RECON_ERROR_FLOOR).log()
+
+
 def recon(ctx: ScoreContext) -> Tensor:
     """Squared error between x and the expected image decoded from the posterior location."""
-    return (ctx.model.reconstruct(ctx.encoding) - ctx.x).square().flatten(1).sum(dim=1)
+    return ctx.reconstruction_error
 
 
 def latent_norm(ctx: ScoreContext) -> Tensor:
@@ -144,11 +166,18 @@ def scored_rows(name: str, indices: Tensor | None, settings: ScoreConfig, count:
 
 @dataclass
 class ReferenceLatents:
-    """Training-inlier latents that define where the occupied (non-hole) regions are."""
+    """Training-inlier latents that define where the occupied (non-hole) regions are.
+
+    ``joint`` holds the same inliers as points of the joint space of ``hole_knn_recon`` (latent
+    location, weighted log reconstruction error), and ``recon_weight`` that weight; both are None
+    unless that score was asked for (``scoring.evaluation.build_reference``).
+    """
 
     latents: Tensor
     metric: str
     kth_distances: Tensor | None = None
+    joint: Tensor | None = None
+    recon_weight: float | None = None
 
 
 def hole_knn(queries: Tensor, reference: ReferenceLatents, settings: ScoreConfig) -> Tensor:
@@ -186,9 +215,34 @@ def hole_knn_posterior(
     return hole_knn(draws.reshape(count * samples, dim), reference, settings).view(count, samples).mean(dim=1)
 
 
+def joint_points(latents: Tensor, log_error: Tensor, weight: float) -> Tensor:
+    """Points of hole_knn_recon's joint space: ``[latent, weight * log reconstruction error]``, float64."""
+    return torch.cat([latents.double(), weight * log_error.double().unsqueeze(1)], dim=1)
+
+
+def hole_knn_recon(columns: dict[str, Tensor], reference: ReferenceLatents, settings: ScoreConfig) -> Tensor:
+    """Vacancy in the joint space of latent location and log reconstruction error (docs/method.md 4.2).
+
+    The latent alone cannot see an input the encoder maps among the inliers although the decoder
+    cannot explain it (noise, constant images): its reconstruction error is far from that of the
+    inliers whose latents surround it. Appending the weighted log error as one more coordinate
+    makes such an input land in a hole of the joint space, while an inlier with a large error
+    (a detailed garment) has neighbours with large errors too, so it stays in occupied space.
+    The score is the mean Euclidean distance to the k nearest joint reference points.
+    """
+    if reference.joint is None or reference.recon_weight is None:
+        raise ValueError("hole_knn_recon needs a reference built with the inliers' reconstruction errors.")
+    queries = joint_points(columns["latent"], columns["log_recon_error"], reference.recon_weight)
+    distances, _ = knn_distances(
+        queries, reference.joint, settings.knn_k, "euclidean", settings.knn_chunk_size
+    )
+    return distances.mean(dim=1)
+
+
 REFERENCE_SCORES: dict[str, Callable[[dict[str, Tensor], ReferenceLatents, ScoreConfig], Tensor]] = {
     "hole_knn": hole_knn_at_location,
     "hole_knn_posterior": hole_knn_posterior,
+    "hole_knn_recon": hole_knn_recon,
 }
 
 
@@ -200,6 +254,7 @@ def posterior_draws(ctx: ScoreContext) -> Tensor:
 # Per-input columns that reference scores read, recorded per batch: name -> (column, how to make it).
 REFERENCE_INPUTS: dict[str, tuple[str, Callable[[ScoreContext], Tensor]]] = {
     "hole_knn_posterior": ("posterior_draws", posterior_draws),
+    "hole_knn_recon": ("log_recon_error", lambda ctx: log_reconstruction_error(ctx.reconstruction_error)),
 }
 
 

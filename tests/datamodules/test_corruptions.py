@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.corruptions import ERASE_FRACTION, SELECTION_CORRUPTIONS, corrupt
+from datamodules.corruptions import ERASE_FRACTION, MOSAIC_CELL, SELECTION_CORRUPTIONS, corrupt
 from datamodules.transforms import OUTLIER_TRANSFORMS
 
 
@@ -48,3 +48,14 @@ def test_erase_blanks_one_square_and_invert_reverses() -> None:
     side = int(28 * ERASE_FRACTION)
     assert ((erased == 0).flatten(1).sum(dim=1) == side * side).all()
     assert torch.equal(corrupt("invert", corrupt("invert", x, 0), 0), x)
+
+
+def test_pixel_permute_keeps_each_images_intensities_and_mosaic_is_constant_per_cell() -> None:
+    x = images()
+    permuted = corrupt("pixel_permute", x, seed=4)
+    assert torch.equal(permuted.flatten(1).sort(dim=1).values, x.flatten(1).sort(dim=1).values)
+    tiled = corrupt("mosaic", x, seed=4)
+    cells = tiled[:, 0].unfold(1, MOSAIC_CELL, MOSAIC_CELL).unfold(2, MOSAIC_CELL, MOSAIC_CELL)
+    assert (cells == cells[..., :1, :1]).all()
+    expected = x[:, 0, :MOSAIC_CELL, :MOSAIC_CELL].float().mean(dim=(1, 2)).round()
+    assert torch.equal(tiled[:, 0, 0, 0].float(), expected)
