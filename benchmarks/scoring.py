@@ -44,8 +44,8 @@ from experiments.runner import to_dict
 from lightning_modules.base import BaseVAE
 from lightning_modules.factory import build_model
 from lightning_modules.likelihoods import log_likelihood
-from scoring.evaluation import build_reference
-from scoring.model import batch_invariant_encoding
+from scoring.config import ScoreConfig
+from scoring.evaluation import build_reference, concatenate, reference_record
 from scoring.registry import BATCH_SCORES, REFERENCE_SCORES, sample_seeds, score_batch
 
 SEED = 0
@@ -101,16 +101,18 @@ def _in_inference_mode(run: Callable[[], Any]) -> Callable[[], None]:
     return wrapped
 
 
-def reference_latents(model: BaseVAE, datamodule: OODDataModule, size: int | None) -> Tensor:
-    """The hole_knn reference: the training split encoded as scoring encodes it (the first ``size``)."""
+def reference_columns(model: BaseVAE, datamodule: OODDataModule, size: int | None) -> dict[str, Tensor]:
+    """The reference of every reference score: the training split recorded as scoring records it
+    (``reference_record``: latents and log reconstruction errors), the first ``size`` images."""
     loader = datamodule.reference_dataloader()
-    latents = []
+    every_reference_score = ScoreConfig(names=list(REFERENCE_SCORES))
+    records = []
     with torch.inference_mode():
         for x, _, _ in loader:
-            latents.append(batch_invariant_encoding(model, x).location)
-            if size is not None and sum(part.shape[0] for part in latents) >= size:
+            records.append(reference_record(model, x, every_reference_score))
+            if size is not None and sum(part["latent"].shape[0] for part in records) >= size:
                 break
-    return torch.cat(latents)[:size]
+    return {key: value[:size] for key, value in concatenate(records).items()}
 
 
 def time_reference_scores(
@@ -119,9 +121,11 @@ def time_reference_scores(
     """Every reference score as evaluation computes it: the batch's columns recorded by
     ``score_batch`` (encoding, posterior draws), then the registry's score against the reference."""
     started = time.perf_counter()
-    latents = reference_latents(model, datamodule, size)
+    columns = reference_columns(model, datamodule, size)
+    latents = columns["latent"]
     encoded = time.perf_counter()
-    reference = build_reference(latents, model.latent_metric, settings)
+    settings = ScoreConfig(**{**to_dict(settings), "names": list(REFERENCE_SCORES)})
+    reference = build_reference(latents, model.latent_metric, settings, columns["log_recon_error"])
     setup = {"encode_reference_s": encoded - started, "reference_statistics_s": time.perf_counter() - encoded}
     seeds = sample_seeds(torch.arange(x.shape[0]), 0)
 

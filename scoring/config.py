@@ -45,7 +45,7 @@ class ScoreConfig:
     knn_statistic: str = "mean_distance"
     # hole_knn_recon's weight of the log reconstruction error: one interquartile range of the
     # inliers' log errors counts as this many typical neighbour distances in the latent space
-    # (docs/method.md 4.2).
+    # (docs/method.md 4.1).
     knn_recon_weight: float = 2.0
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None

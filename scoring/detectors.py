@@ -6,7 +6,10 @@
 
 It is the ``hole_knn`` score of docs/method.md, section 4.1: the distance to the k-th nearest
 reference latent, divided by the mean k-th-neighbour distance of those neighbours, or with
-``statistic="mean_distance"`` the mean distance to the k nearest.
+``statistic="mean_distance"`` the mean distance to the k nearest. Fitted with the inliers' log
+reconstruction errors as well (``fit(latents, log_recon_error)``), it is ``hole_knn_recon``: the
+vacancy in the joint space of latent and log error (same section), and ``score`` then needs the
+queries' log errors too.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from scoring.config import ScoreConfig
+from scoring.joint import joint_points, joint_vacancy, recon_weight
 from scoring.knn import KnnMetric, KnnStatistic, hole_knn_score, reference_kth_distances
 
 
 class HoleDetector:
-    """Relative vacancy of latents among reference (training-inlier) latents; exact kNN."""
+    """Vacancy of latents among reference (training-inlier) latents, optionally joint with the
+    reconstruction error; exact kNN."""
 
     def __init__(
         self,
@@ -26,28 +31,46 @@ class HoleDetector:
         metric: KnnMetric = "euclidean",
         chunk_size: int | None = None,
         statistic: KnnStatistic = ScoreConfig.knn_statistic,  # type: ignore[assignment]
+        relative_recon_weight: float = ScoreConfig.knn_recon_weight,
     ) -> None:
-        """k and statistic default to the framework's default hole_knn (scoring.config.ScoreConfig)."""
+        """k, statistic and the joint space's weight default to the framework's defaults
+        (scoring.config.ScoreConfig); the joint space always uses the mean Euclidean distance."""
         self.k = k
         self.metric = metric
         self.chunk_size = chunk_size
         self.statistic = statistic
+        self.relative_recon_weight = relative_recon_weight
         self._reference: Tensor | None = None
         self._reference_kth: Tensor | None = None
+        self._joint: Tensor | None = None
+        self._weight: float | None = None
 
-    def fit(self, reference_latents: Tensor) -> HoleDetector:
-        """Remember the reference and precompute each reference point's own k-th-neighbour distance."""
+    def fit(self, reference_latents: Tensor, log_recon_error: Tensor | None = None) -> HoleDetector:
+        """Remember the reference; with the inliers' log reconstruction errors, score in the joint space."""
         self._reference = reference_latents
-        if self.statistic == "relative":
+        self._joint = self._weight = self._reference_kth = None
+        if log_recon_error is not None:
+            self._weight = recon_weight(
+                reference_latents, log_recon_error, self.k, self.relative_recon_weight, self.chunk_size
+            )
+            self._joint = joint_points(reference_latents, log_recon_error, self._weight)
+        elif self.statistic == "relative":
             self._reference_kth = reference_kth_distances(
                 reference_latents, self.k, self.metric, self.chunk_size
             )
         return self
 
-    def score(self, latents: Tensor) -> Tensor:
+    def score(self, latents: Tensor, log_recon_error: Tensor | None = None) -> Tensor:
         """``[N]`` hole scores of ``latents`` (``[N, D]``, the reference's space): higher = more vacant."""
         if self._reference is None:
             raise RuntimeError("HoleDetector.score() needs fit(reference_latents) first.")
+        if (self._joint is None) != (log_recon_error is None):
+            raise ValueError(
+                "HoleDetector scores in the joint space exactly when it was fitted with log_recon_error: "
+                "pass log_recon_error to both fit() and score(), or to neither."
+            )
+        if self._joint is not None and self._weight is not None and log_recon_error is not None:
+            return joint_vacancy(latents, log_recon_error, self._joint, self._weight, self.k, self.chunk_size)
         return hole_knn_score(
             latents,
             self._reference,

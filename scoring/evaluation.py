@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from scoring.config import ScoreConfig
-from scoring.knn import knn_distances, reference_kth_distances
+from scoring.joint import joint_points, log_reconstruction_error, recon_weight
+from scoring.knn import reference_kth_distances
 from scoring.metrics import labelled_ood_metrics
 from scoring.model import ScoringModel, batch_invariant_encoding
 from scoring.registry import (
@@ -24,8 +25,6 @@ from scoring.registry import (
     REFERENCE_SCORES,
     SUBSET_LIMITS,
     ReferenceLatents,
-    joint_points,
-    log_reconstruction_error,
     reconstruction_error,
     sample_seeds,
     score_batch,
@@ -151,32 +150,11 @@ def build_reference(
     if "hole_knn_recon" in settings.names:
         if log_recon_error is None:
             raise ValueError("hole_knn_recon needs the reference inliers' reconstruction errors.")
-        reference.recon_weight = recon_weight(latents, log_recon_error, settings)
+        reference.recon_weight = recon_weight(
+            latents, log_recon_error, settings.knn_k, settings.knn_recon_weight, settings.knn_chunk_size
+        )
         reference.joint = joint_points(latents, log_recon_error, reference.recon_weight)
     return reference
-
-
-def recon_weight(latents: Tensor, log_recon_error: Tensor, settings: ScoreConfig) -> float:
-    """hole_knn_recon's scale: ``knn_recon_weight`` x (median distance of a reference latent to its k
-    nearest others) / (interquartile range of the reference's log errors), docs/method.md 4.2.
-
-    Both scales come from the inliers alone, so the weight means the same for any model: one
-    inlier IQR of log error counts as ``knn_recon_weight`` typical neighbour distances.
-    """
-    own, _ = knn_distances(
-        latents, latents, settings.knn_k, "euclidean", settings.knn_chunk_size, exclude_self=True
-    )
-    spacing = own.double().mean(dim=1).median()
-    quartiles = torch.quantile(log_recon_error.double(), torch.tensor([0.25, 0.75], dtype=torch.float64))
-    spread = quartiles[1] - quartiles[0]
-    if not spread > 0 or not spacing > 0:
-        raise ValueError(
-            "hole_knn_recon cannot scale its joint space: the reference inliers' log reconstruction "
-            f"errors have interquartile range {float(spread):.3g} and their latents a median neighbour "
-            f"distance of {float(spacing):.3g}. Use more training inliers (scores.knn_reference_size) "
-            "or another score."
-        )
-    return float(settings.knn_recon_weight * spacing / spread)
 
 
 def reference_rows(size: int, cap: int | None, seed: int) -> Tensor:

@@ -24,12 +24,10 @@ from torch import Tensor
 
 from scoring.config import SCORE_NAMES, ScoreConfig
 from scoring.input_complexity import input_complexity_score
-from scoring.knn import hole_knn_score, knn_distances
+from scoring.joint import joint_vacancy, log_reconstruction_error
+from scoring.knn import hole_knn_score
 from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
 from scoring.model import Encoding, ImportanceSamples, ScoringModel, batch_invariant_encoding
-
-# Smallest reconstruction error whose log hole_knn_recon takes (a perfect reconstruction has 0).
-RECON_ERROR_FLOOR = 1e-12
 
 
 @dataclass
@@ -82,11 +80,6 @@ def iwae_nll(ctx: ScoreContext) -> Tensor:
 def reconstruction_error(model: ScoringModel, x: Tensor, encoding: Encoding) -> Tensor:
     """Squared error between x and the expected image decoded from the posterior location (float64 sum)."""
     return (model.reconstruct(encoding) - x).double().square().flatten(1).sum(dim=1)
-
-
-def log_reconstruction_error(error: Tensor) -> Tensor:
-    """log of ``reconstruction_error``, floored so that a perfect reconstruction stays finite."""
-    return error.clamp_min(RECON_ERROR_FLOOR).log()
 
 
 def recon(ctx: ScoreContext) -> Tensor:
@@ -215,13 +208,8 @@ def hole_knn_posterior(
     return hole_knn(draws.reshape(count * samples, dim), reference, settings).view(count, samples).mean(dim=1)
 
 
-def joint_points(latents: Tensor, log_error: Tensor, weight: float) -> Tensor:
-    """Points of hole_knn_recon's joint space: ``[latent, weight * log reconstruction error]``, float64."""
-    return torch.cat([latents.double(), weight * log_error.double().unsqueeze(1)], dim=1)
-
-
 def hole_knn_recon(columns: dict[str, Tensor], reference: ReferenceLatents, settings: ScoreConfig) -> Tensor:
-    """Vacancy in the joint space of latent location and log reconstruction error (docs/method.md 4.2).
+    """Vacancy in the joint space of latent location and log reconstruction error (docs/method.md 4.1).
 
     The latent alone cannot see an input the encoder maps among the inliers although the decoder
     cannot explain it (noise, constant images): its reconstruction error is far from that of the
@@ -232,11 +220,14 @@ def hole_knn_recon(columns: dict[str, Tensor], reference: ReferenceLatents, sett
     """
     if reference.joint is None or reference.recon_weight is None:
         raise ValueError("hole_knn_recon needs a reference built with the inliers' reconstruction errors.")
-    queries = joint_points(columns["latent"], columns["log_recon_error"], reference.recon_weight)
-    distances, _ = knn_distances(
-        queries, reference.joint, settings.knn_k, "euclidean", settings.knn_chunk_size
+    return joint_vacancy(
+        columns["latent"],
+        columns["log_recon_error"],
+        reference.joint,
+        reference.recon_weight,
+        settings.knn_k,
+        settings.knn_chunk_size,
     )
-    return distances.mean(dim=1)
 
 
 REFERENCE_SCORES: dict[str, Callable[[dict[str, Tensor], ReferenceLatents, ScoreConfig], Tensor]] = {

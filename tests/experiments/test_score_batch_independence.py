@@ -56,7 +56,8 @@ TOLERANCE = {
     "neg_elbo": (1e-8, 0.0),
     "iwae_nll": (1e-8, 0.0),
     "input_complexity": (1e-8, 0.0),
-    "recon": (1e-6, 0.0),  # a float32 sum of squares of the decoder's outputs
+    "recon": (1e-6, 0.0),  # squares of the float32 decoder's outputs, summed in float64
+    "hole_knn_recon": (1e-6, 0.0),  # continuous in its joint coordinate, the log of recon
     "hole_knn_posterior": (1e-6, 0.0),
     "hole_posterior": (0.0, 1e-6),  # nats^2
     "likelihood_regret": (0.0, 1e-5),  # nats

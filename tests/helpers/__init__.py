@@ -30,6 +30,7 @@ QUICK = {
     "logger.mode": "disabled",
     "plots.enabled": "false",
     "scores.names": "[neg_elbo]",
+    "scores.val_every_n_epochs": "0",
     "trainer.limit_train_batches": "3",
 }
 QUICK_EVAL = ["logger.mode=disabled", "plots.enabled=false"]

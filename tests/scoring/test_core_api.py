@@ -130,3 +130,49 @@ def test_hole_knn_posterior_averages_hole_knn_over_draws_and_ignores_the_batchin
     assert draws.shape == (23, 4, 4)
     per_draw = torch.stack([hole_knn(draws[:, k], reference, settings) for k in range(4)], dim=1)
     torch.testing.assert_close(whole["hole_knn_posterior"], per_draw.mean(dim=1))
+
+
+def test_hole_knn_recon_is_the_mean_distance_in_the_joint_space_scaled_by_the_inliers() -> None:
+    """Brute force against the definition (docs/method.md 4.1), and what the joint space is for: a
+    query at an occupied latent whose error is unlike its neighbours' lands in a hole."""
+    generator = torch.Generator().manual_seed(2)
+    latents = torch.randn(200, 3, generator=generator)
+    log_error = latents[:, 0] + 0.3 * torch.randn(200, generator=generator)  # error varies with place
+    settings = ScoreConfig(names=["hole_knn_recon"], knn_k=4, knn_recon_weight=1.5)
+    reference = build_reference(latents, "euclidean", settings, log_error)
+
+    own = torch.cdist(latents.double(), latents.double()).fill_diagonal_(float("inf"))
+    spacing = own.topk(4, largest=False).values.mean(dim=1).median()
+    spread = torch.quantile(log_error.double(), 0.75) - torch.quantile(log_error.double(), 0.25)
+    assert reference.recon_weight == pytest.approx(float(1.5 * spacing / spread), rel=1e-6)
+
+    central = latents.norm(dim=1).argsort()[:3]  # three inliers in the dense middle of the cloud
+    shift = torch.tensor([0.0, 6.0, -6.0])
+    queries = {"latent": latents[central] + 0.01, "log_recon_error": log_error[central] + shift}
+    scores = REFERENCE_SCORES["hole_knn_recon"](queries, reference, settings)
+    joint = torch.cat([latents, reference.recon_weight * log_error[:, None]], dim=1).double()
+    asked = torch.cat(
+        [queries["latent"], reference.recon_weight * queries["log_recon_error"][:, None]], dim=1
+    )
+    expected = torch.cdist(asked.double(), joint).topk(4, largest=False).values.mean(dim=1)
+    torch.testing.assert_close(scores, expected)
+    # Same latent: the query explained as well as its neighbours scores lowest, one whose error is
+    # far larger or smaller than theirs scores higher than any inlier's own vacancy.
+    inlier_vacancy = (
+        torch.cdist(joint, joint).fill_diagonal_(float("inf")).topk(4, largest=False).values.mean(1)
+    )
+    assert scores[0] < inlier_vacancy.max() < min(scores[1], scores[2])
+    # The detector API is the same score, for latents and errors of any model.
+    detector = HoleDetector(k=4, relative_recon_weight=1.5).fit(latents, log_error)
+    torch.testing.assert_close(detector.score(queries["latent"], queries["log_recon_error"]), scores)
+    with pytest.raises(ValueError, match="joint space"):
+        detector.score(queries["latent"])
+
+
+def test_hole_knn_recon_needs_the_reference_errors_and_a_spread() -> None:
+    settings = ScoreConfig(names=["hole_knn_recon"], knn_k=2)
+    latents = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="reconstruction errors"):
+        build_reference(latents, "euclidean", settings)
+    with pytest.raises(ValueError, match="interquartile range 0"):
+        build_reference(latents, "euclidean", settings, torch.zeros(10))
