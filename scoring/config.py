@@ -26,7 +26,7 @@ SCORE_NAMES: tuple[str, ...] = (
 )
 # hole_knn's statistics (scoring.knn.hole_knn_score).
 KNN_STATISTICS = ("relative", "mean_distance")
-DEFAULT_SCORES = ["hole_knn", "hole_posterior", "neg_elbo", "iwae_nll", "recon", "latent_norm"]
+DEFAULT_SCORES = ["hole_knn_recon", "hole_knn", "hole_posterior", "neg_elbo", "iwae_nll", "recon", "latent_norm"]
 
 
 @dataclass
@@ -45,7 +45,8 @@ class ScoreConfig:
     knn_statistic: str = "mean_distance"
     # hole_knn_recon's weight of the log reconstruction error: one interquartile range of the
     # inliers' log errors counts as this many typical neighbour distances in the latent space
-    # (docs/method.md 4.1).
+    # (docs/method.md 4.1). The default (2, with k = 3) is round 3 of the selection rule's choice
+    # (README, "Choosing the default").
     knn_recon_weight: float = 2.0
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
