@@ -82,9 +82,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 # weights, with round 2's k and statistic); each round's scores were added before any of them
 # was evaluated on a test set (README, "Choosing the default").
 HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
-    "hole_knn": ("hole_knn", {"knn_k": 100}),
-    "hole_knn_k10": ("hole_knn", {"knn_k": 10}),
-    "hole_knn_posterior": ("hole_knn_posterior", {"knn_k": 100}),
+    # Round 1's scores in the relative form, pinned: the config's default statistic changed since.
+    "hole_knn": ("hole_knn", {"knn_k": 100, "knn_statistic": "relative"}),
+    "hole_knn_k10": ("hole_knn", {"knn_k": 10, "knn_statistic": "relative"}),
+    "hole_knn_posterior": ("hole_knn_posterior", {"knn_k": 100, "knn_statistic": "relative"}),
     **{
         f"hole_knn_distance_k{k}": ("hole_knn", {"knn_k": k, "knn_statistic": "mean_distance"})
         for k in (1, 3, 5, 10)
