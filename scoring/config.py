@@ -26,7 +26,15 @@ SCORE_NAMES: tuple[str, ...] = (
 )
 # hole_knn's statistics (scoring.knn.hole_knn_score).
 KNN_STATISTICS = ("relative", "mean_distance")
-DEFAULT_SCORES = ["hole_knn_recon", "hole_knn", "hole_posterior", "neg_elbo", "iwae_nll", "recon", "latent_norm"]
+DEFAULT_SCORES = [
+    "hole_knn_recon",
+    "hole_knn",
+    "hole_posterior",
+    "neg_elbo",
+    "iwae_nll",
+    "recon",
+    "latent_norm",
+]
 
 
 @dataclass

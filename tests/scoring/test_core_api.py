@@ -144,16 +144,16 @@ def test_hole_knn_recon_is_the_mean_distance_in_the_joint_space_scaled_by_the_in
     own = torch.cdist(latents.double(), latents.double()).fill_diagonal_(float("inf"))
     spacing = own.topk(4, largest=False).values.mean(dim=1).median()
     spread = torch.quantile(log_error.double(), 0.75) - torch.quantile(log_error.double(), 0.25)
-    assert reference.recon_weight == pytest.approx(float(1.5 * spacing / spread), rel=1e-6)
+    weight = reference.recon_weight
+    assert weight is not None
+    assert weight == pytest.approx(float(1.5 * spacing / spread), rel=1e-6)
 
     central = latents.norm(dim=1).argsort()[:3]  # three inliers in the dense middle of the cloud
     shift = torch.tensor([0.0, 6.0, -6.0])
     queries = {"latent": latents[central] + 0.01, "log_recon_error": log_error[central] + shift}
     scores = REFERENCE_SCORES["hole_knn_recon"](queries, reference, settings)
-    joint = torch.cat([latents, reference.recon_weight * log_error[:, None]], dim=1).double()
-    asked = torch.cat(
-        [queries["latent"], reference.recon_weight * queries["log_recon_error"][:, None]], dim=1
-    )
+    joint = torch.cat([latents, weight * log_error[:, None]], dim=1).double()
+    asked = torch.cat([queries["latent"], weight * queries["log_recon_error"][:, None]], dim=1)
     expected = torch.cdist(asked.double(), joint).topk(4, largest=False).values.mean(dim=1)
     torch.testing.assert_close(scores, expected)
     # Same latent: the query explained as well as its neighbours scores lowest, one whose error is
