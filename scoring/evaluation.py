@@ -132,7 +132,8 @@ def build_reference(
     latents: Tensor, metric: str, settings: ScoreConfig, log_recon_error: Tensor | None = None
 ) -> ReferenceLatents:
     """The reference of the reference scores: training-inlier latents, their own k-th-neighbour
-    distances (for the relative hole_knn) and their joint-space points (for hole_knn_recon)."""
+    distances (for the relative hole_knn) and, given their log reconstruction errors
+    (``reference_record``), their joint-space points (for hole_knn_recon)."""
     if latents.shape[0] <= settings.knn_k:
         raise ValueError(
             f"hole_knn needs more than scores.knn_k={settings.knn_k} reference latents but "
@@ -147,9 +148,7 @@ def build_reference(
             metric,  # type: ignore[arg-type]
             settings.knn_chunk_size,
         )
-    if "hole_knn_recon" in settings.names:
-        if log_recon_error is None:
-            raise ValueError("hole_knn_recon needs the reference inliers' reconstruction errors.")
+    if log_recon_error is not None:  # latents alone serve every score but hole_knn_recon
         reference.recon_weight = recon_weight(
             latents, log_recon_error, settings.knn_k, settings.knn_recon_weight, settings.knn_chunk_size
         )

@@ -172,7 +172,9 @@ def test_hole_knn_recon_is_the_mean_distance_in_the_joint_space_scaled_by_the_in
 def test_hole_knn_recon_needs_the_reference_errors_and_a_spread() -> None:
     settings = ScoreConfig(names=["hole_knn_recon"], knn_k=2)
     latents = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    latent_only = build_reference(latents, "euclidean", settings)
+    columns = {"latent": latents, "log_recon_error": torch.zeros(10)}
     with pytest.raises(ValueError, match="reconstruction errors"):
-        build_reference(latents, "euclidean", settings)
+        REFERENCE_SCORES["hole_knn_recon"](columns, latent_only, settings)
     with pytest.raises(ValueError, match="interquartile range 0"):
         build_reference(latents, "euclidean", settings, torch.zeros(10))
