@@ -15,12 +15,13 @@ share an encoding or samples in a real evaluation are each charged in full here.
 * batch scores: images/s, median over rounds in which the scores take turns;
 * ``likelihood_regret``: seconds per image on the first M images (``--regret-images``), all inside
   its subset, at the default ``scores.regret_steps`` and ``scores.regret_lr``;
-* reference scores (``hole_knn``, ``hole_knn_posterior``): images/s of recording the batch's
-  columns (encoding, posterior draws) and scoring them against the reference latents (the
-  training split encoded, capped at ``--reference-size``, default the config's
-  ``scores.knn_reference_size``) with the config's k and statistic; the one-off reference set-up
-  (encoding it, and for the relative statistic its own k-th neighbour distances, an R x R
-  search) is reported separately;
+* reference scores (``hole_knn``, ``hole_knn_posterior``, ``hole_knn_recon``): images/s of
+  recording the batch's columns (encoding, posterior draws, log reconstruction errors) and scoring
+  them against the reference (the training split recorded the same way, capped at
+  ``--reference-size``, default the config's ``scores.knn_reference_size``) with the config's k,
+  statistic and recon weight; the one-off reference set-up (recording it, then its statistics:
+  the relative form's own k-th neighbour distances and the joint space's scale, R x R searches)
+  is reported separately;
 * ``hole_posterior`` with K = ``scores.posterior_samples`` (16) against its limit, the bare
   network work: encoder forward, K unseeded posterior draws per input, decoder forward on all
   K x N latents. ``fraction_of_limit`` = limit time / score time. The same rounds time the parts

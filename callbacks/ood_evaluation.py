@@ -196,7 +196,7 @@ class OODEvaluation(Callback):
         self._records = []
         columns = deduplicate({key: gather_rows(trainer, value) for key, value in local.items()})
         wants_reference = any(name in REFERENCE_SCORES for name in self.settings.names)
-        reference = self._reference_latents(trainer, model, data, stage) if wants_reference else None
+        reference = self._reference(trainer, model, data, stage) if wants_reference else None
         return evaluate(columns, list(data.eval_set_names), self.settings, reference, bound)
 
     def _reference_cap(self, stage: str) -> int | None:
@@ -208,10 +208,12 @@ class OODEvaluation(Callback):
         return min(given) if given else None
 
     @torch.no_grad()
-    def _reference_latents(
+    def _reference(
         self, trainer: pl.Trainer, model: BaseVAE, data: EvaluationData, stage: str
     ) -> ReferenceLatents:
-        """Encode (a seeded subset of) the training inliers, sharded over processes."""
+        """The reference scores' reference: (a seeded subset of) the training inliers recorded as
+        ``reference_record`` does (latents, and log reconstruction errors for hole_knn_recon),
+        sharded over processes."""
         loader = data.reference_dataloader()
         chosen = reference_rows(len(loader.dataset), self._reference_cap(stage), self.seed)  # type: ignore[arg-type]
         # Contiguous shards: gathered in rank order they are exactly the single-process reference
