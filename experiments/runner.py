@@ -313,6 +313,16 @@ class RelocatableCheckpoint(ModelCheckpoint):
         previous best file behind and forgetting its score."""
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Read the state of a checkpoint written before ``state_key`` existed, filed under this
+        class's name: Lightning calls this hook before it restores each callback's state by key."""
+        states = checkpoint.get("callbacks") or {}
+        legacy = super().state_key
+        if self.state_key not in states and legacy in states:
+            states[self.state_key] = states.pop(legacy)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         stored = state_dict.get("dirpath")
         if stored is None or self.dirpath is None or stored == self.dirpath:

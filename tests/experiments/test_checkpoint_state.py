@@ -36,3 +36,23 @@ def test_state_saved_by_plain_model_checkpoint_restores_the_best_epochs(tmp_path
     ours.load_state_dict(stored[ours.state_key])
     assert ours.best_k_models == {best: torch.tensor(-103.6)}
     assert ours.best_model_score == torch.tensor(-103.6)
+
+
+def test_state_filed_under_the_class_name_by_older_versions_restores(tmp_path: Path) -> None:
+    """Checkpoints written before the key was ModelCheckpoint's file the state as
+    "RelocatableCheckpoint{...}"; resuming one must still restore the best epoch (Lightning calls
+    on_load_checkpoint, then loads each callback's state by its key)."""
+    settings: dict[str, Any] = {"dirpath": tmp_path, "monitor": "val/elbo", "mode": "max"}
+    older = RelocatableCheckpoint(**settings)
+    legacy_key = older.state_key.replace(ModelCheckpoint.__qualname__, RelocatableCheckpoint.__qualname__, 1)
+    assert legacy_key.startswith("RelocatableCheckpoint{")
+    best = str(tmp_path / "epoch005.ckpt")
+    older.best_k_models = {best: torch.tensor(-102.2)}
+    older.best_model_path, older.best_model_score = best, torch.tensor(-102.2)
+    checkpoint: dict[str, Any] = {"callbacks": {legacy_key: older.state_dict()}}
+
+    ours = RelocatableCheckpoint(**settings)
+    ours.on_load_checkpoint(None, None, checkpoint)  # type: ignore[arg-type]
+    ours.load_state_dict(checkpoint["callbacks"][ours.state_key])
+    assert ours.best_model_path == best
+    assert ours.best_k_models == {best: torch.tensor(-102.2)}
