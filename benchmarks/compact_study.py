@@ -40,7 +40,7 @@ from benchmarks.quality import BENCHMARKS, REPO_ROOT
 from common.atomic_io import atomic_open, write_json
 from datamodules.corruptions import SELECTION_CORRUPTIONS, corrupt
 from experiments.sweep import Trial, read_metrics, run_trials
-from scoring.config import SCORE_NAMES, ScoreConfig
+from scoring.config import RECON_FEATURES, SCORE_NAMES, ScoreConfig
 from scoring.keys import parse_metric_key
 
 DEFAULT_CONFIG = "experiments/configs/fmnist_vs_mnist.yaml"
@@ -89,10 +89,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "gaussian_e10": {"compact": False, "variant": "gaussian", "lipschitz": None, "epochs": 10},
 }
 # Candidate hole scores: name -> the scores settings that compute it (as `score`). Round 1 (the
-# first three), round 2 (the mean distance to the k nearest, without the relative normalisation)
-# and round 3 (the vacancy in the joint space of latent and log reconstruction error at four
-# weights, with round 2's k and statistic); each round's scores were added before any of them
-# was evaluated on a test set (README, "Choosing the default").
+# first three), round 2 (the mean distance to the k nearest, without the relative normalisation),
+# round 3 (the vacancy in the joint space of latent and log squared reconstruction error at four
+# weights, with round 2's k) and round 4 (that joint space with the reconstruction's
+# cross-entropy, and with the posterior's KL, as further coordinates); each round's scores were
+# added before any of them was evaluated on a test set (README, "Choosing the default").
 HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
     # Round 1's scores in the relative form, pinned: the config's default statistic changed since.
     "hole_knn": ("hole_knn", {"knn_k": 100, "knn_statistic": "relative"}),
@@ -103,9 +104,27 @@ HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
         for k in (1, 3, 5, 10)
     },
     **{
-        f"hole_knn_recon_w{weight:g}": ("hole_knn_recon", {"knn_k": 3, "knn_recon_weight": weight})
+        f"hole_knn_recon_w{weight:g}": (
+            "hole_knn_recon",
+            {"knn_k": 3, "knn_recon_weight": weight, "knn_recon_features": ["squared_error"]},
+        )
         for weight in (0.5, 1.0, 2.0, 4.0)
     },
+    **{
+        f"hole_knn_recon_ce_w{weight:g}": (
+            "hole_knn_recon",
+            {
+                "knn_k": 3,
+                "knn_recon_weight": weight,
+                "knn_recon_features": ["squared_error", "cross_entropy"],
+            },
+        )
+        for weight in (1.0, 2.0, 4.0)
+    },
+    "hole_knn_recon_ce_kl_w2": (
+        "hole_knn_recon",
+        {"knn_k": 3, "knn_recon_weight": 2.0, "knn_recon_features": ["squared_error", "cross_entropy", "kl"]},
+    ),
 }
 # Every score but the two costly baselines (input_complexity compresses PNGs, likelihood_regret
 # optimises an encoder per input): the quality benchmark reports those.
@@ -203,7 +222,12 @@ def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
         for name in SELECTION_CORRUPTIONS
     ]
     names = sorted({HOLE_SCORES[candidate][0] for candidate in candidates})
-    recording = ScoreConfig(names=names, posterior_samples=int(config.scores.posterior_samples))
+    # Every statistic is recorded once; each candidate reads the columns of its own features.
+    recording = ScoreConfig(
+        names=names,
+        posterior_samples=int(config.scores.posterior_samples),
+        knn_recon_features=list(RECON_FEATURES),
+    )
     records = []
     for set_id, image_set in enumerate(sets):
         loader = DataLoader(
@@ -219,9 +243,11 @@ def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
         score, settings = HOLE_SCORES[candidate]
         scores = ScoreConfig(names=[score], posterior_samples=recording.posterior_samples, **settings)
         reference = build_reference(
-            trained["latent"], model.latent_metric, scores, trained.get("log_recon_error")
+            trained["latent"], model.latent_metric, scores, own_statistics(trained, scores)
         )
-        evaluation = evaluate(columns, [image_set.name for image_set in sets], scores, reference)
+        statistics = own_statistics(columns, scores)
+        evaluated = columns if statistics is None else {**columns, "log_recon_statistics": statistics}
+        evaluation = evaluate(evaluated, [image_set.name for image_set in sets], scores, reference)
         results[candidate] = {
             corruption: values[score]["auroc"] for corruption, values in evaluation.metrics.items()
         }
@@ -230,6 +256,14 @@ def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
         "val_elbo": best_validation_elbo(run_dir),
         "checkpoint": best_checkpoint(run_dir).name,
     }
+
+
+def own_statistics(columns: dict[str, torch.Tensor], scores: ScoreConfig) -> torch.Tensor | None:
+    """The recorded log statistics (every RECON_FEATURES column) that ``scores`` places in its joint space."""
+    recorded = columns.get("log_recon_statistics")
+    if recorded is None:
+        return None
+    return recorded[:, [RECON_FEATURES.index(feature) for feature in scores.knn_recon_features]]
 
 
 def cached_selection(run: StudyRun) -> dict[str, Any] | None:
@@ -289,6 +323,11 @@ def confirm_dir(run: StudyRun, score: str, max_eval_samples: int | None) -> Path
     return run.trial.out_dir / "evaluations" / f"confirm_{score}_{size}"
 
 
+def override_value(value: Any) -> str:
+    """A setting as a command-line override: lists as ``[a,b]``."""
+    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
+
+
 def confirm_trials(runs: list[StudyRun], winner: dict[str, Any], max_eval_samples: int | None) -> list[Trial]:
     """Step 4 of the rule: the winner's runs (every seed) and the classical rows' runs, their selected
     checkpoints scored by ``experiments.evaluate`` with the winning hole score's settings (and every
@@ -306,7 +345,7 @@ def confirm_trials(runs: list[StudyRun], winner: dict[str, Any], max_eval_sample
         trial.command = [
             sys.executable, "-m", "experiments.evaluate", f"ckpt={run.trial.out_dir}", f"out_dir={out_dir}",
             f"data.max_eval_samples={samples}", f"scores.names=[{','.join(TEST_SCORES)}]",
-            *(f"scores.{key}={value}" for key, value in settings.items()),
+            *(f"scores.{key}={override_value(value)}" for key, value in settings.items()),
             "plots.enabled=false", "logger.mode=disabled",
         ]  # fmt: skip
         trials.append(trial)

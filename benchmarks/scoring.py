@@ -126,7 +126,7 @@ def time_reference_scores(
     latents = columns["latent"]
     encoded = time.perf_counter()
     settings = ScoreConfig(**{**to_dict(settings), "names": list(REFERENCE_SCORES)})
-    reference = build_reference(latents, model.latent_metric, settings, columns["log_recon_error"])
+    reference = build_reference(latents, model.latent_metric, settings, columns["log_recon_statistics"])
     setup = {"encode_reference_s": encoded - started, "reference_statistics_s": time.perf_counter() - encoded}
     seeds = sample_seeds(torch.arange(x.shape[0]), 0)
 

@@ -234,7 +234,7 @@ class OODEvaluation(Callback):
         )
         gathered = {key: gather_rows(trainer, value) for key, value in columns.items()}
         return build_reference(
-            gathered["latent"], model.latent_metric, self.settings, gathered.get("log_recon_error")
+            gathered["latent"], model.latent_metric, self.settings, gathered.get("log_recon_statistics")
         )
 
     def _empirical_lipschitz(self, trainer: pl.Trainer, model: BaseVAE, stage: str) -> float | None:

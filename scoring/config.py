@@ -26,6 +26,9 @@ SCORE_NAMES: tuple[str, ...] = (
 )
 # hole_knn's statistics (scoring.knn.hole_knn_score).
 KNN_STATISTICS = ("relative", "mean_distance")
+# The per-input statistics hole_knn_recon can place beside the latent (scoring.joint): the squared
+# error and the Bernoulli cross-entropy of the reconstruction, and KL(q(z|x) || p(z)).
+RECON_FEATURES = ("squared_error", "cross_entropy", "kl")
 DEFAULT_SCORES = [
     "hole_knn_recon",
     "hole_knn",
@@ -51,11 +54,13 @@ class ScoreConfig:
     # or "relative" (the k-th distance over the neighbours' own, docs/method.md 4.1). The default
     # pair (k = 3, mean_distance) is the selection rule's choice (README, "Choosing the default").
     knn_statistic: str = "mean_distance"
-    # hole_knn_recon's weight of the log reconstruction error: one interquartile range of the
-    # inliers' log errors counts as this many typical neighbour distances in the latent space
-    # (docs/method.md 4.1). The default (2, with k = 3) is round 3 of the selection rule's choice
-    # (README, "Choosing the default").
+    # hole_knn_recon's weight of each log statistic: one interquartile range of the inliers' values
+    # counts as this many typical neighbour distances in the latent space (docs/method.md 4.1).
     knn_recon_weight: float = 2.0
+    # The statistics hole_knn_recon places beside the latent, each as one log coordinate
+    # (RECON_FEATURES). The schema default is round 3's definition; the default experiment's
+    # value is the selection rule's choice (README, "Choosing the default").
+    knn_recon_features: list[str] = field(default_factory=lambda: ["squared_error"])
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     # Queries per block of the exact kNN search (null: sized from a fixed memory budget).
@@ -91,6 +96,13 @@ class ScoreConfig:
         check_at_least("scores.knn_k", self.knn_k, 1)
         check_choice("scores.knn_statistic", self.knn_statistic, KNN_STATISTICS)
         check_at_least("scores.knn_recon_weight", self.knn_recon_weight, 0, strict=True)
+        for feature in self.knn_recon_features:
+            check_choice("scores.knn_recon_features", feature, RECON_FEATURES)
+        if not self.knn_recon_features or len(set(self.knn_recon_features)) < len(self.knn_recon_features):
+            raise ValueError(
+                f"'scores.knn_recon_features'={list(self.knn_recon_features)} must name at least one of "
+                f"{', '.join(RECON_FEATURES)}, each once."
+            )
         check_at_least("scores.knn_chunk_size", self.knn_chunk_size, 1)
         check_at_least("scores.val_every_n_epochs", self.val_every_n_epochs, 0)
         check_at_least("scores.val_max_samples", self.val_max_samples, 1)

@@ -7,9 +7,9 @@
 It is the ``hole_knn`` score of docs/method.md, section 4.1: the distance to the k-th nearest
 reference latent, divided by the mean k-th-neighbour distance of those neighbours, or with
 ``statistic="mean_distance"`` the mean distance to the k nearest. Fitted with the inliers' log
-reconstruction errors as well (``fit(latents, log_recon_error)``), it is ``hole_knn_recon``: the
-vacancy in the joint space of latent and log error (same section), and ``score`` then needs the
-queries' log errors too.
+reconstruction statistics as well (``fit(latents, log_statistics)``, ``[N]`` for one statistic such
+as the log squared error, ``[N, E]`` for several), it is ``hole_knn_recon``: the vacancy in the joint
+space of latent and log statistics (same section), and ``score`` then needs the queries' too.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from scoring.config import ScoreConfig
-from scoring.joint import joint_points, joint_vacancy, recon_weight
+from scoring.joint import joint_points, joint_vacancy, joint_weights
 from scoring.knn import KnnMetric, KnnStatistic, hole_knn_score, reference_kth_distances
 
 
 class HoleDetector:
     """Vacancy of latents among reference (training-inlier) latents, optionally joint with the
-    reconstruction error; exact kNN."""
+    reconstruction statistics; exact kNN."""
 
     def __init__(
         self,
@@ -43,34 +43,34 @@ class HoleDetector:
         self._reference: Tensor | None = None
         self._reference_kth: Tensor | None = None
         self._joint: Tensor | None = None
-        self._weight: float | None = None
+        self._weights: Tensor | None = None
 
-    def fit(self, reference_latents: Tensor, log_recon_error: Tensor | None = None) -> HoleDetector:
-        """Remember the reference; with the inliers' log reconstruction errors, score in the joint space."""
+    def fit(self, reference_latents: Tensor, log_statistics: Tensor | None = None) -> HoleDetector:
+        """Remember the reference; with the inliers' log statistics, score in the joint space."""
         self._reference = reference_latents
-        self._joint = self._weight = self._reference_kth = None
-        if log_recon_error is not None:
-            self._weight = recon_weight(
-                reference_latents, log_recon_error, self.k, self.relative_recon_weight, self.chunk_size
+        self._joint = self._weights = self._reference_kth = None
+        if log_statistics is not None:
+            self._weights = joint_weights(
+                reference_latents, log_statistics, self.k, self.relative_recon_weight, self.chunk_size
             )
-            self._joint = joint_points(reference_latents, log_recon_error, self._weight)
+            self._joint = joint_points(reference_latents, log_statistics, self._weights)
         elif self.statistic == "relative":
             self._reference_kth = reference_kth_distances(
                 reference_latents, self.k, self.metric, self.chunk_size
             )
         return self
 
-    def score(self, latents: Tensor, log_recon_error: Tensor | None = None) -> Tensor:
+    def score(self, latents: Tensor, log_statistics: Tensor | None = None) -> Tensor:
         """``[N]`` hole scores of ``latents`` (``[N, D]``, the reference's space): higher = more vacant."""
         if self._reference is None:
             raise RuntimeError("HoleDetector.score() needs fit(reference_latents) first.")
-        if (self._joint is None) != (log_recon_error is None):
+        if (self._joint is None) != (log_statistics is None):
             raise ValueError(
-                "HoleDetector scores in the joint space exactly when it was fitted with log_recon_error: "
-                "pass log_recon_error to both fit() and score(), or to neither."
+                "HoleDetector scores in the joint space exactly when it was fitted with log_statistics: "
+                "pass log_statistics to both fit() and score(), or to neither."
             )
-        if self._joint is not None and self._weight is not None and log_recon_error is not None:
-            return joint_vacancy(latents, log_recon_error, self._joint, self._weight, self.k, self.chunk_size)
+        if self._joint is not None and self._weights is not None and log_statistics is not None:
+            return joint_vacancy(latents, log_statistics, self._joint, self._weights, self.k, self.chunk_size)
         return hole_knn_score(
             latents,
             self._reference,

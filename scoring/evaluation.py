@@ -15,17 +15,17 @@ import torch
 from torch import Tensor
 
 from scoring.config import ScoreConfig
-from scoring.joint import joint_points, log_reconstruction_error, recon_weight
+from scoring.joint import joint_points, joint_weights
 from scoring.knn import reference_kth_distances
 from scoring.metrics import labelled_ood_metrics
-from scoring.model import ScoringModel, batch_invariant_encoding
+from scoring.model import ScoringModel
 from scoring.registry import (
     BATCH_SCORES,
     REFERENCE_INPUTS,
     REFERENCE_SCORES,
     SUBSET_LIMITS,
     ReferenceLatents,
-    reconstruction_error,
+    ScoreContext,
     sample_seeds,
     score_batch,
     scored_rows,
@@ -119,20 +119,21 @@ def deduplicate(columns: dict[str, Tensor]) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def reference_record(model: ScoringModel, x: Tensor, settings: ScoreConfig) -> dict[str, Tensor]:
-    """What the reference keeps of one batch of training inliers: ``latent``, and ``log_recon_error``
-    when hole_knn_recon is asked for. Encoded as the scored inputs are (batch-invariant)."""
-    encoding = batch_invariant_encoding(model, x)
-    record = {"latent": encoding.location}
+    """What the reference keeps of one batch of training inliers: ``latent``, and
+    ``log_recon_statistics`` when hole_knn_recon is asked for. Encoded and measured as the scored
+    inputs are (one ScoreContext, batch-invariant)."""
+    ctx = ScoreContext(model, x, settings)
+    record = {"latent": ctx.encoding.location}
     if "hole_knn_recon" in settings.names:
-        record["log_recon_error"] = log_reconstruction_error(reconstruction_error(model, x, encoding))
+        record["log_recon_statistics"] = ctx.recon_statistics()
     return record
 
 
 def build_reference(
-    latents: Tensor, metric: str, settings: ScoreConfig, log_recon_error: Tensor | None = None
+    latents: Tensor, metric: str, settings: ScoreConfig, log_recon_statistics: Tensor | None = None
 ) -> ReferenceLatents:
     """The reference of the reference scores: training-inlier latents, their own k-th-neighbour
-    distances (for the relative hole_knn) and, given their log reconstruction errors
+    distances (for the relative hole_knn) and, given their log reconstruction statistics
     (``reference_record``), their joint-space points (for hole_knn_recon)."""
     if latents.shape[0] <= settings.knn_k:
         raise ValueError(
@@ -148,11 +149,11 @@ def build_reference(
             metric,  # type: ignore[arg-type]
             settings.knn_chunk_size,
         )
-    if log_recon_error is not None:  # latents alone serve every score but hole_knn_recon
-        reference.recon_weight = recon_weight(
-            latents, log_recon_error, settings.knn_k, settings.knn_recon_weight, settings.knn_chunk_size
+    if log_recon_statistics is not None:  # latents alone serve every score but hole_knn_recon
+        reference.recon_weights = joint_weights(
+            latents, log_recon_statistics, settings.knn_k, settings.knn_recon_weight, settings.knn_chunk_size
         )
-        reference.joint = joint_points(latents, log_recon_error, reference.recon_weight)
+        reference.joint = joint_points(latents, log_recon_statistics, reference.recon_weights)
     return reference
 
 

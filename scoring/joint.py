@@ -1,9 +1,12 @@
-"""The joint space of ``hole_knn_recon``: latent location and log reconstruction error (docs/method.md 4.1).
+"""The joint space of ``hole_knn_recon``: latent location and log reconstruction statistics
+(docs/method.md 4.1).
 
-Each input becomes the point ``[l(x), w * log |x - x_hat|^2]``; its vacancy is the mean Euclidean
-distance to the k nearest training inliers in that space. ``w`` comes from the inliers alone
-(``recon_weight``), so one weight setting means the same for any model. Plain tensors in, plain
-tensors out: the score registry and ``HoleDetector`` share these functions.
+Each input becomes the point ``[l(x), w_1 * log s_1(x), ..., w_E * log s_E(x)]``, where the
+``s_e`` are the statistics named by ``scores.knn_recon_features`` (squared error, cross-entropy of
+the reconstruction, KL of the posterior); its vacancy is the mean Euclidean distance to the k
+nearest training inliers in that space. Each ``w_e`` comes from the inliers alone
+(``joint_weights``), so one weight setting means the same for any model and any statistic. Plain
+tensors in, plain tensors out: the score registry and ``HoleDetector`` share these functions.
 """
 
 from __future__ import annotations
@@ -13,53 +16,81 @@ from torch import Tensor
 
 from scoring.knn import knn_distances
 
-# Smallest reconstruction error whose log hole_knn_recon takes (a perfect reconstruction has 0).
-RECON_ERROR_FLOOR = 1e-12
+# Smallest statistic whose log hole_knn_recon takes (a perfect reconstruction has error 0).
+STATISTIC_FLOOR = 1e-12
+# The decoded pixel probabilities enter the cross-entropy clamped to [eps, 1 - eps]: a float32
+# sigmoid saturates to exactly 0 or 1, whose log would make one pixel's term infinite.
+CROSS_ENTROPY_EPS = 1e-6
 
 
-def log_reconstruction_error(error: Tensor) -> Tensor:
-    """log of ``reconstruction_error``, floored so that a perfect reconstruction stays finite."""
-    return error.clamp_min(RECON_ERROR_FLOOR).log()
+def log_statistic(value: Tensor) -> Tensor:
+    """log of a non-negative per-input statistic, floored so that a zero stays finite (float64)."""
+    return value.double().clamp_min(STATISTIC_FLOOR).log()
 
 
-def joint_points(latents: Tensor, log_error: Tensor, weight: float) -> Tensor:
-    """Points of hole_knn_recon's joint space: ``[latent, weight * log reconstruction error]``, float64."""
-    return torch.cat([latents.double(), weight * log_error.double().unsqueeze(1)], dim=1)
+def squared_error(x: Tensor, reconstruction: Tensor) -> Tensor:
+    """``[B]`` squared error between x and its reconstruction, summed over the pixels in float64."""
+    return (reconstruction - x).double().square().flatten(1).sum(dim=1)
 
 
-def recon_weight(
-    latents: Tensor, log_recon_error: Tensor, k: int, relative_weight: float, chunk_size: int | None = None
-) -> float:
-    """hole_knn_recon's scale: ``relative_weight`` (scores.knn_recon_weight) x (median mean distance
-    of a reference latent to its k nearest others) / (interquartile range of the reference's log
-    errors), docs/method.md 4.1.
+def cross_entropy(x: Tensor, reconstruction: Tensor) -> Tensor:
+    """``[B]`` Bernoulli cross-entropy of x under the reconstruction's pixel probabilities (nats, float64).
+
+    Unlike the squared error it also counts the entropy of x itself: a grey pixel costs about
+    log 2 however well it is reconstructed, so images of uniform grey or noise stand apart from
+    mostly black-and-white inliers even when the decoder reproduces them.
+    """
+    probabilities = reconstruction.double().clamp(CROSS_ENTROPY_EPS, 1 - CROSS_ENTROPY_EPS)
+    target = x.double()
+    terms = target * probabilities.log() + (1 - target) * (-probabilities).log1p()
+    return -terms.flatten(1).sum(dim=1)
+
+
+def as_columns(log_statistics: Tensor) -> Tensor:
+    """``[N, E]`` float64 from ``[N]`` (one statistic) or ``[N, E]``."""
+    values = log_statistics.double()
+    return values.unsqueeze(1) if values.dim() == 1 else values
+
+
+def joint_points(latents: Tensor, log_statistics: Tensor, weights: Tensor) -> Tensor:
+    """Points of hole_knn_recon's joint space: ``[latent, weights * log statistics]``, float64."""
+    return torch.cat([latents.double(), as_columns(log_statistics) * weights.double()], dim=1)
+
+
+def joint_weights(
+    latents: Tensor, log_statistics: Tensor, k: int, relative_weight: float, chunk_size: int | None = None
+) -> Tensor:
+    """``[E]`` scales of hole_knn_recon: ``relative_weight`` (scores.knn_recon_weight) x (median
+    mean distance of a reference latent to its k nearest others) / (interquartile range of the
+    reference's values of each log statistic), docs/method.md 4.1.
 
     Both scales come from the inliers alone, so the weight means the same for any model: one
-    inlier IQR of log error counts as ``relative_weight`` typical neighbour distances.
+    inlier IQR of a log statistic counts as ``relative_weight`` typical neighbour distances.
     """
     own, _ = knn_distances(latents, latents, k, "euclidean", chunk_size, exclude_self=True)
     spacing = own.double().mean(dim=1).median()
-    quartiles = torch.quantile(log_recon_error.double(), torch.tensor([0.25, 0.75], dtype=torch.float64))
+    levels = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    quartiles = torch.quantile(as_columns(log_statistics), levels, dim=0)
     spread = quartiles[1] - quartiles[0]
-    if not spread > 0 or not spacing > 0:
+    if not bool((spread > 0).all()) or not spacing > 0:
         raise ValueError(
-            "hole_knn_recon cannot scale its joint space: the reference inliers' log reconstruction "
-            f"errors have interquartile range {float(spread):.3g} and their latents a median neighbour "
-            f"distance of {float(spacing):.3g}. Use more training inliers (scores.knn_reference_size) "
-            "or another score."
+            "hole_knn_recon cannot scale its joint space: the reference inliers' log statistics have "
+            f"interquartile ranges {[round(float(value), 6) for value in spread]} and their latents a "
+            f"median neighbour distance of {float(spacing):.3g}. Use more training inliers "
+            "(scores.knn_reference_size) or another score."
         )
-    return float(relative_weight * spacing / spread)
+    return relative_weight * spacing / spread
 
 
 def joint_vacancy(
     latents: Tensor,
-    log_recon_error: Tensor,
+    log_statistics: Tensor,
     joint_reference: Tensor,
-    weight: float,
+    weights: Tensor,
     k: int,
     chunk_size: int | None = None,
 ) -> Tensor:
     """``[N]`` mean Euclidean distance of each input's joint point to its k nearest reference points."""
-    queries = joint_points(latents, log_recon_error, weight)
+    queries = joint_points(latents, log_statistics, weights)
     distances, _ = knn_distances(queries, joint_reference, k, "euclidean", chunk_size)
     return distances.mean(dim=1)

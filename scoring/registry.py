@@ -4,10 +4,10 @@ Two kinds of score:
 - batch scores are functions of one batch and the model (likelihood baselines, hole_posterior);
 - reference scores need the whole set of training-inlier latents (hole_knn, hole_knn_posterior,
   hole_knn_recon), so the pipeline computes them after gathering every record; what they need of
-  each input (its latent location, K posterior draws, its log reconstruction error) is recorded
-  per batch (`REFERENCE_INPUTS`).
-Scores that share work (one encoding, one set of K posterior samples) share it through
-`ScoreContext`, which caches per batch.
+  each input (its latent location, K posterior draws, its log reconstruction statistics) is
+  recorded per batch (`REFERENCE_INPUTS`).
+Scores that share work (one encoding, one set of K posterior samples, one decoded image, one KL)
+share it through `ScoreContext`, which caches per batch.
 A score too costly for whole evaluated sets (likelihood_regret) is a subset score: it is computed
 only for the inputs whose position in their set is below its limit (`SUBSET_LIMITS`), is NaN for
 the others, and its metrics use exactly the inputs it was computed for (`scored_rows`).
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from scoring.config import SCORE_NAMES, ScoreConfig
 from scoring.input_complexity import input_complexity_score
-from scoring.joint import joint_vacancy, log_reconstruction_error
+from scoring.joint import cross_entropy, joint_vacancy, log_statistic, squared_error
 from scoring.knn import hole_knn_score
 from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
 from scoring.model import Encoding, ImportanceSamples, ScoringModel, batch_invariant_encoding
@@ -41,7 +41,8 @@ class ScoreContext:
     indices: Tensor | None = None  # each input's position in its evaluated set (subset scores)
     _encoding: Encoding | None = None
     _samples: dict[int, ImportanceSamples] = field(default_factory=dict)
-    _reconstruction_error: Tensor | None = None
+    _reconstruction: Tensor | None = None
+    _kl: Tensor | None = None
 
     @property
     def encoding(self) -> Encoding:
@@ -51,11 +52,32 @@ class ScoreContext:
         return self._encoding
 
     @property
+    def reconstruction(self) -> Tensor:
+        """The expected image decoded from each posterior location (one decoder pass per batch)."""
+        if self._reconstruction is None:
+            self._reconstruction = self.model.reconstruct(self.encoding)
+        return self._reconstruction
+
+    @property
     def reconstruction_error(self) -> Tensor:
         """Squared error between x and its reconstruction, summed over the pixels in float64."""
-        if self._reconstruction_error is None:
-            self._reconstruction_error = reconstruction_error(self.model, self.x, self.encoding)
-        return self._reconstruction_error
+        return squared_error(self.x, self.reconstruction)
+
+    @property
+    def kl(self) -> Tensor:
+        """KL(q(z|x) || p(z)) of each input, in closed form."""
+        if self._kl is None:
+            self._kl = torch.distributions.kl_divergence(self.encoding.posterior, self.model.prior(self.x))
+        return self._kl
+
+    def recon_statistics(self) -> Tensor:
+        """``[B, E]`` log statistics of hole_knn_recon's joint space (``scores.knn_recon_features`` order)."""
+        made = {
+            "squared_error": lambda: self.reconstruction_error,
+            "cross_entropy": lambda: cross_entropy(self.x, self.reconstruction),
+            "kl": lambda: self.kl,
+        }
+        return torch.stack([log_statistic(made[name]()) for name in self.settings.knn_recon_features], dim=1)
 
     def samples(self, count: int) -> ImportanceSamples:
         if count not in self._samples:
@@ -66,8 +88,7 @@ class ScoreContext:
 def neg_elbo(ctx: ScoreContext) -> Tensor:
     """-(E_q[log p(x|z)] - KL(q || p)), the expectation averaged over the IWAE samples."""
     samples = ctx.samples(ctx.settings.iwae_samples)
-    kl = torch.distributions.kl_divergence(ctx.encoding.posterior, ctx.model.prior(ctx.x))
-    return kl - samples.log_likelihood.mean(dim=0)
+    return ctx.kl - samples.log_likelihood.mean(dim=0)
 
 
 def iwae_nll(ctx: ScoreContext) -> Tensor:
@@ -75,11 +96,6 @@ def iwae_nll(ctx: ScoreContext) -> Tensor:
     samples = ctx.samples(ctx.settings.iwae_samples)
     log_weights = samples.log_likelihood + samples.log_prior - samples.log_posterior
     return math.log(log_weights.shape[0]) - torch.logsumexp(log_weights, dim=0)
-
-
-def reconstruction_error(model: ScoringModel, x: Tensor, encoding: Encoding) -> Tensor:
-    """Squared error between x and the expected image decoded from the posterior location (float64 sum)."""
-    return (model.reconstruct(encoding) - x).double().square().flatten(1).sum(dim=1)
 
 
 def recon(ctx: ScoreContext) -> Tensor:
@@ -162,7 +178,7 @@ class ReferenceLatents:
     """Training-inlier latents that define where the occupied (non-hole) regions are.
 
     ``joint`` holds the same inliers as points of the joint space of ``hole_knn_recon`` (latent
-    location, weighted log reconstruction error), and ``recon_weight`` that weight; both are None
+    location, weighted log reconstruction statistics), and ``recon_weights`` those weights; both are None
     unless that score was asked for (``scoring.evaluation.build_reference``).
     """
 
@@ -170,7 +186,7 @@ class ReferenceLatents:
     metric: str
     kth_distances: Tensor | None = None
     joint: Tensor | None = None
-    recon_weight: float | None = None
+    recon_weights: Tensor | None = None
 
 
 def hole_knn(queries: Tensor, reference: ReferenceLatents, settings: ScoreConfig) -> Tensor:
@@ -209,22 +225,25 @@ def hole_knn_posterior(
 
 
 def hole_knn_recon(columns: dict[str, Tensor], reference: ReferenceLatents, settings: ScoreConfig) -> Tensor:
-    """Vacancy in the joint space of latent location and log reconstruction error (docs/method.md 4.1).
+    """Vacancy in the joint space of latent location and log reconstruction statistics
+    (``scores.knn_recon_features``; docs/method.md 4.1).
 
     The latent alone cannot see an input the encoder maps among the inliers although the decoder
     cannot explain it (noise, constant images): its reconstruction error is far from that of the
-    inliers whose latents surround it. Appending the weighted log error as one more coordinate
-    makes such an input land in a hole of the joint space, while an inlier with a large error
-    (a detailed garment) has neighbours with large errors too, so it stays in occupied space.
-    The score is the mean Euclidean distance to the k nearest joint reference points.
+    inliers whose latents surround it. Appending each weighted log statistic as one more
+    coordinate makes such an input land in a hole of the joint space, while an inlier with a large
+    error (a detailed garment) has neighbours with large errors too, so it stays in occupied
+    space. The score is the mean Euclidean distance to the k nearest joint reference points.
     """
-    if reference.joint is None or reference.recon_weight is None:
-        raise ValueError("hole_knn_recon needs a reference built with the inliers' reconstruction errors.")
+    if reference.joint is None or reference.recon_weights is None:
+        raise ValueError(
+            "hole_knn_recon needs a reference built with the inliers' reconstruction statistics."
+        )
     return joint_vacancy(
         columns["latent"],
-        columns["log_recon_error"],
+        columns["log_recon_statistics"],
         reference.joint,
-        reference.recon_weight,
+        reference.recon_weights,
         settings.knn_k,
         settings.knn_chunk_size,
     )
@@ -245,7 +264,7 @@ def posterior_draws(ctx: ScoreContext) -> Tensor:
 # Per-input columns that reference scores read, recorded per batch: name -> (column, how to make it).
 REFERENCE_INPUTS: dict[str, tuple[str, Callable[[ScoreContext], Tensor]]] = {
     "hole_knn_posterior": ("posterior_draws", posterior_draws),
-    "hole_knn_recon": ("log_recon_error", lambda ctx: log_reconstruction_error(ctx.reconstruction_error)),
+    "hole_knn_recon": ("log_recon_statistics", ScoreContext.recon_statistics),
 }
 
 

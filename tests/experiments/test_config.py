@@ -54,6 +54,9 @@ def test_wrong_type_is_rejected() -> None:
         ("scores.iwae_samples=1", "iwae_samples"),
         ("scores.posterior_samples=1", "posterior_samples"),
         ("scores.knn_reference_size=3", "knn_k"),  # not above the default k = 3
+        ("scores.knn_recon_features=[squared_error,pixels]", "Valid choices: squared_error"),
+        ("scores.knn_recon_features=[]", "at least one"),
+        ("scores.knn_recon_features=[kl,kl]", "each once"),
     ],
 )
 def test_impossible_values_are_rejected(override: str, expected: str) -> None:

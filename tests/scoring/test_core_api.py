@@ -133,48 +133,87 @@ def test_hole_knn_posterior_averages_hole_knn_over_draws_and_ignores_the_batchin
 
 
 def test_hole_knn_recon_is_the_mean_distance_in_the_joint_space_scaled_by_the_inliers() -> None:
-    """Brute force against the definition (docs/method.md 4.1), and what the joint space is for: a
-    query at an occupied latent whose error is unlike its neighbours' lands in a hole."""
+    """Brute force against the definition (docs/method.md 4.1) with two statistics, and what the
+    joint space is for: a query at an occupied latent whose statistic is unlike its neighbours'
+    lands in a hole."""
     generator = torch.Generator().manual_seed(2)
     latents = torch.randn(200, 3, generator=generator)
-    log_error = latents[:, 0] + 0.3 * torch.randn(200, generator=generator)  # error varies with place
+    # Two log statistics that vary with place, on different scales.
+    log_stats = torch.stack(
+        [latents[:, 0] + 0.3 * torch.randn(200, generator=generator), 10 * latents[:, 1] + 5], dim=1
+    )
     settings = ScoreConfig(names=["hole_knn_recon"], knn_k=4, knn_recon_weight=1.5)
-    reference = build_reference(latents, "euclidean", settings, log_error)
+    reference = build_reference(latents, "euclidean", settings, log_stats)
 
     own = torch.cdist(latents.double(), latents.double()).fill_diagonal_(float("inf"))
     spacing = own.topk(4, largest=False).values.mean(dim=1).median()
-    spread = torch.quantile(log_error.double(), 0.75) - torch.quantile(log_error.double(), 0.25)
-    weight = reference.recon_weight
-    assert weight is not None
-    assert weight == pytest.approx(float(1.5 * spacing / spread), rel=1e-6)
+    stats = log_stats.double()
+    spread = torch.quantile(stats, 0.75, dim=0) - torch.quantile(stats, 0.25, dim=0)
+    weights = reference.recon_weights
+    assert weights is not None
+    torch.testing.assert_close(weights, 1.5 * spacing / spread)
 
     central = latents.norm(dim=1).argsort()[:3]  # three inliers in the dense middle of the cloud
-    shift = torch.tensor([0.0, 6.0, -6.0])
-    queries = {"latent": latents[central] + 0.01, "log_recon_error": log_error[central] + shift}
+    shift = torch.tensor([[0.0, 0.0], [6.0, 0.0], [-6.0, 0.0]])
+    queries = {"latent": latents[central] + 0.01, "log_recon_statistics": log_stats[central] + shift}
     scores = REFERENCE_SCORES["hole_knn_recon"](queries, reference, settings)
-    joint = torch.cat([latents, weight * log_error[:, None]], dim=1).double()
-    asked = torch.cat([queries["latent"], weight * queries["log_recon_error"][:, None]], dim=1)
-    expected = torch.cdist(asked.double(), joint).topk(4, largest=False).values.mean(dim=1)
+    joint = torch.cat([latents.double(), weights * stats], dim=1)
+    asked = torch.cat([queries["latent"].double(), weights * queries["log_recon_statistics"].double()], dim=1)
+    expected = torch.cdist(asked, joint).topk(4, largest=False).values.mean(dim=1)
     torch.testing.assert_close(scores, expected)
-    # Same latent: the query explained as well as its neighbours scores lowest, one whose error is
-    # far larger or smaller than theirs scores higher than any inlier's own vacancy.
+    # Same latent: the query explained as well as its neighbours scores lowest, one whose first
+    # statistic is far larger or smaller than theirs scores higher than any inlier's own vacancy.
     inlier_vacancy = (
         torch.cdist(joint, joint).fill_diagonal_(float("inf")).topk(4, largest=False).values.mean(1)
     )
     assert scores[0] < inlier_vacancy.max() < min(scores[1], scores[2])
-    # The detector API is the same score, for latents and errors of any model.
-    detector = HoleDetector(k=4, relative_recon_weight=1.5).fit(latents, log_error)
-    torch.testing.assert_close(detector.score(queries["latent"], queries["log_recon_error"]), scores)
+    # The detector API is the same score, for latents and statistics of any model.
+    detector = HoleDetector(k=4, relative_recon_weight=1.5).fit(latents, log_stats)
+    torch.testing.assert_close(detector.score(queries["latent"], queries["log_recon_statistics"]), scores)
     with pytest.raises(ValueError, match="joint space"):
         detector.score(queries["latent"])
+    # One statistic may come as a vector: the same as its one-column matrix.
+    single = HoleDetector(k=4).fit(latents, log_stats[:, 0])
+    torch.testing.assert_close(
+        single.score(queries["latent"], queries["log_recon_statistics"][:, 0]),
+        HoleDetector(k=4)
+        .fit(latents, log_stats[:, :1])
+        .score(queries["latent"], queries["log_recon_statistics"][:, :1]),
+    )
 
 
-def test_hole_knn_recon_needs_the_reference_errors_and_a_spread() -> None:
+@torch.no_grad()
+def test_recon_statistics_are_the_logs_of_their_definitions_in_the_configured_order() -> None:
+    """Oracles: torch's binary cross-entropy, the recon score, and torch's closed-form KL."""
+    from scoring.registry import BATCH_SCORES, ScoreContext
+
+    model = tiny_model()
+    images = torch.rand(9, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    images[0] = 0.5  # a constant grey image: its cross-entropy is about 64 log 2 however it decodes
+    settings = ScoreConfig(
+        names=["hole_knn_recon", "recon"], knn_recon_features=["kl", "cross_entropy", "squared_error"]
+    )
+    ctx = ScoreContext(model, images, settings)
+    statistics = ctx.recon_statistics()
+    assert statistics.shape == (9, 3) and statistics.dtype == torch.float64
+    decoded = model.reconstruct(ctx.encoding).double().clamp(1e-6, 1 - 1e-6)
+    bce = (
+        torch.nn.functional.binary_cross_entropy(decoded, images.double(), reduction="none").flatten(1).sum(1)
+    )
+    kl = torch.distributions.kl_divergence(ctx.encoding.posterior, model.prior(images))
+    torch.testing.assert_close(statistics[:, 0], kl.double().log())
+    torch.testing.assert_close(statistics[:, 1], bce.log())
+    torch.testing.assert_close(statistics[:, 2], BATCH_SCORES["recon"](ctx).log())
+    assert float(bce[0]) >= 64 * torch.log(torch.tensor(2.0)).item() - 1e-6
+
+
+def test_hole_knn_recon_needs_the_reference_statistics_and_a_spread() -> None:
     settings = ScoreConfig(names=["hole_knn_recon"], knn_k=2)
     latents = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
     latent_only = build_reference(latents, "euclidean", settings)
-    columns = {"latent": latents, "log_recon_error": torch.zeros(10)}
-    with pytest.raises(ValueError, match="reconstruction errors"):
+    columns = {"latent": latents, "log_recon_statistics": torch.zeros(10, 1)}
+    with pytest.raises(ValueError, match="reconstruction statistics"):
         REFERENCE_SCORES["hole_knn_recon"](columns, latent_only, settings)
-    with pytest.raises(ValueError, match="interquartile range 0"):
-        build_reference(latents, "euclidean", settings, torch.zeros(10))
+    spread_in_one = torch.stack([torch.arange(10.0), torch.zeros(10)], dim=1)
+    with pytest.raises(ValueError, match=r"interquartile ranges \[4.5, 0.0\]"):
+        build_reference(latents, "euclidean", settings, spread_in_one)
