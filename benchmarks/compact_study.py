@@ -53,25 +53,35 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         "variant": "alexandroff_lipschitz",
         "lipschitz": 1.0,
         "epochs": 3,
+        "latent_dim": 16,
     },
     "alexandroff_lipschitz_L1_e10": {
         "compact": True,
         "variant": "alexandroff_lipschitz",
         "lipschitz": 1.0,
         "epochs": 10,
+        "latent_dim": 16,
     },
     "alexandroff_lipschitz_L4_e10": {
         "compact": True,
         "variant": "alexandroff_lipschitz",
         "lipschitz": 4.0,
         "epochs": 10,
+        "latent_dim": 16,
     },
-    "alexandroff_e10": {"compact": True, "variant": "alexandroff", "lipschitz": None, "epochs": 10},
+    "alexandroff_e10": {
+        "compact": True,
+        "variant": "alexandroff",
+        "lipschitz": None,
+        "epochs": 10,
+        "latent_dim": 16,
+    },
     "alexandroff_lipschitz_aol_L1_e10": {
         "compact": True,
         "variant": "alexandroff_lipschitz",
         "lipschitz": 1.0,
         "epochs": 10,
+        "latent_dim": 16,
         "extra": {"model.lipschitz_layers": "aol"},
     },
     # Round 4: the latent dimension (the sphere S^d of the round-2 and round-3 winner).
@@ -81,12 +91,24 @@ CANDIDATES: dict[str, dict[str, Any]] = {
             "variant": "alexandroff",
             "lipschitz": None,
             "epochs": 10,
-            "extra": {"model.latent_dim": dim},
+            "latent_dim": dim,
         }
         for dim in (8, 32)
     },
-    "gaussian_e3": {"compact": False, "variant": "gaussian", "lipschitz": None, "epochs": 3},
-    "gaussian_e10": {"compact": False, "variant": "gaussian", "lipschitz": None, "epochs": 10},
+    "gaussian_e3": {
+        "compact": False,
+        "variant": "gaussian",
+        "lipschitz": None,
+        "epochs": 3,
+        "latent_dim": 16,
+    },
+    "gaussian_e10": {
+        "compact": False,
+        "variant": "gaussian",
+        "lipschitz": None,
+        "epochs": 10,
+        "latent_dim": 16,
+    },
 }
 # Candidate hole scores: name -> the scores settings that compute it (as `score`). Round 1 (the
 # first three), round 2 (the mean distance to the k nearest, without the relative normalisation),
@@ -155,6 +177,7 @@ def candidate_overrides(name: str) -> list[str]:
         f"model.variant={spec['variant']}",
         f"model.lipschitz={lipschitz}",
         f"trainer.max_epochs={spec['epochs']}",
+        f"model.latent_dim={spec['latent_dim']}",
         *(f"{key}={value}" for key, value in spec.get("extra", {}).items()),
     ]
 

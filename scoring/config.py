@@ -58,9 +58,9 @@ class ScoreConfig:
     # counts as this many typical neighbour distances in the latent space (docs/method.md 4.1).
     knn_recon_weight: float = 2.0
     # The statistics hole_knn_recon places beside the latent, each as one log coordinate
-    # (RECON_FEATURES). The schema default is round 3's definition; the default experiment's
-    # value is the selection rule's choice (README, "Choosing the default").
-    knn_recon_features: list[str] = field(default_factory=lambda: ["squared_error"])
+    # (RECON_FEATURES). The default (all three, weight 2, k = 3) is round 4 of the selection
+    # rule's choice (README, "Choosing the default"); [squared_error] is round 3's score.
+    knn_recon_features: list[str] = field(default_factory=lambda: list(RECON_FEATURES))
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     # Queries per block of the exact kNN search (null: sized from a fixed memory budget).

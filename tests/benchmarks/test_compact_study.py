@@ -19,6 +19,7 @@ def test_candidate_command_builds_the_config_of_its_spec(candidate: str, tmp_pat
     assert config.model.variant == spec["variant"]
     assert config.model.lipschitz == spec["lipschitz"]
     assert config.trainer.max_epochs == spec["epochs"]
+    assert config.model.latent_dim == spec["latent_dim"]
     for key, value in spec.get("extra", {}).items():
         section, name = key.split(".")
         assert config[section][name] == value
