@@ -57,7 +57,9 @@ TOLERANCE = {
     "iwae_nll": (1e-8, 0.0),
     "input_complexity": (1e-8, 0.0),
     "recon": (1e-6, 0.0),  # squares of the float32 decoder's outputs, summed in float64
-    "hole_knn_recon": (1e-6, 0.0),  # continuous in its joint coordinate, the log of recon
+    # Continuous in its joint coordinates; the cross-entropy's log(1 - p) divides the float32
+    # decoder's batch-dependent last bits by 1 - p near saturated pixels (measured: 1.3e-6).
+    "hole_knn_recon": (1e-5, 0.0),
     "hole_knn_posterior": (1e-6, 0.0),
     "hole_posterior": (0.0, 1e-6),  # nats^2
     "likelihood_regret": (0.0, 1e-5),  # nats
