@@ -74,6 +74,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"alexandroff_d{dim}_e10": candidate("alexandroff", 10, latent_dim=dim) for dim in (8, 32)},
     "gaussian_e3": candidate("gaussian", 3, compact=False),
     "gaussian_e10": candidate("gaussian", 10, compact=False),
+    # The classical VAE at the default's latent dimension: the matched comparison row of round 4.
+    "gaussian_d32_e10": candidate("gaussian", 10, latent_dim=32, compact=False),
 }
 # Candidate hole scores: name -> the scores settings that compute it (as `score`). Round 1 (the
 # first three), round 2 (the mean distance to the k nearest, without the relative normalisation),
