@@ -343,23 +343,44 @@ def confirm_trials(runs: list[StudyRun], winner: dict[str, Any], max_eval_sample
 
 
 # ---------------------------------------------------------------------------- test tables and plots
+def score_form(score: str, settings: dict[str, Any]) -> str:
+    """``score`` labelled with the settings that change what it measures.
+
+    The config's score defaults changed between the study's rounds, and a training run is tested
+    with the defaults of its day (its results.json records them), so a table keyed by the bare
+    name would put two forms of one score in a row. A setting missing from an old record has its
+    value of that time: the relative statistic (before round 2) and the squared error alone
+    (before round 4).
+    """
+    if score in ("hole_knn", "hole_knn_posterior"):
+        return f"{score} k={settings['knn_k']} {settings.get('knn_statistic') or 'relative'}"
+    if score == "hole_knn_recon":
+        features = ",".join(settings.get("knn_recon_features") or ["squared_error"])
+        return f"{score} k={settings['knn_k']} w={settings['knn_recon_weight']:g} [{features}]"
+    return score
+
+
+# The test plots' score: round 1's hole_knn, the form every round-1 and round-2 training carries.
+PLOT_SCORE = score_form(*HOLE_SCORES["hole_knn"])
+
+
 def test_table(runs: list[StudyRun], results_of: Callable[[StudyRun], Path] | None = None) -> dict[str, Any]:
-    """{benchmark: {outlier: {score: {candidate: {mean, std, seeds}}}}} of test AUROC.
+    """{benchmark: {outlier: {score form: {candidate: {mean, std, seeds}}}}} of test AUROC.
 
     ``results_of`` names each run's results file: by default the training run's own test, else
-    e.g. its confirmation evaluation (``confirm_dir``).
+    e.g. its confirmation evaluation (``confirm_dir``). Scores are keyed by ``score_form``.
     """
     values: dict[tuple[str, str, str, str], list[float]] = {}
     for run in runs:
         results = run.trial.out_dir / "results.json" if results_of is None else results_of(run)
         if not results.is_file():
             continue
+        settings = json.loads(results.read_text())["config"]["scores"]
         for key, value in read_metrics(results).items():
             parts = parse_metric_key(key)
             if parts is not None and parts.metric == "auroc":
-                values.setdefault((run.benchmark, parts.outlier, parts.score, run.candidate), []).append(
-                    value
-                )
+                form = score_form(parts.score, settings)
+                values.setdefault((run.benchmark, parts.outlier, form, run.candidate), []).append(value)
     table: dict[str, Any] = {}
     for (benchmark, outlier, score, candidate), found in values.items():
         cell = {"mean": statistics.fmean(found), "std": statistics.pstdev(found), "seeds": len(found)}
@@ -381,7 +402,7 @@ TARGETS = {
 
 def confirmation_markdown(winner: dict[str, Any], table: dict[str, Any], size: str) -> str:
     """The winner's hole score beside the classical rows (same score, and their best score per set)."""
-    score = HOLE_SCORES[winner["score"]][0]
+    score = score_form(*HOLE_SCORES[winner["score"]])
     classical = [name for name, spec in CANDIDATES.items() if not spec["compact"]]
 
     def show(cell: dict[str, float] | None) -> str:
@@ -432,7 +453,7 @@ def markdown(
     lines.append("|---|---|---|" + "---|" * len(candidates))
     for benchmark, by_outlier in table.items():
         for outlier, by_score in by_outlier.items():
-            for score in [name for name in TEST_SCORES if name in by_score]:
+            for score in sorted(by_score, key=lambda form: (TEST_SCORES.index(form.split()[0]), form)):
                 cells = []
                 for candidate in candidates:
                     cell = by_score[score].get(candidate)
@@ -446,7 +467,7 @@ def markdown(
 
 
 def plot_study(table: dict[str, Any], directory: Path) -> list[Path]:
-    """AUROC against epochs, against L, and the variants side by side (hole_knn), as PNGs."""
+    """AUROC against epochs, against L, and the variants side by side (``PLOT_SCORE``), as PNGs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -472,7 +493,7 @@ def plot_study(table: dict[str, Any], directory: Path) -> list[Path]:
             for label, pattern in lines:
                 xs, means, stds = [], [], []
                 for x in axes_values[plot]:
-                    found = cell(benchmark, outlier, "hole_knn", pattern.format(x))
+                    found = cell(benchmark, outlier, PLOT_SCORE, pattern.format(x))
                     if found is not None:
                         xs.append(x)
                         means.append(found["mean"])
@@ -481,7 +502,7 @@ def plot_study(table: dict[str, Any], directory: Path) -> list[Path]:
                     axes.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
             axes.set_title(f"{benchmark} vs {outlier}", fontsize=9)
             axes.set_xlabel("epochs" if plot == "auroc_vs_epochs" else "Lipschitz constant L")
-            axes.set_ylabel("hole_knn AUROC (test)")
+            axes.set_ylabel(f"{PLOT_SCORE} AUROC (test)", fontsize=8)
             axes.legend(fontsize=7)
         path = directory / f"compact_study_{plot}.png"
         figure.savefig(path, dpi=100)
@@ -490,17 +511,17 @@ def plot_study(table: dict[str, Any], directory: Path) -> list[Path]:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     candidates = sorted(
-        {c for by_outlier in table.values() for s in by_outlier.values() for c in s.get("hole_knn", {})}
+        {c for by_outlier in table.values() for s in by_outlier.values() for c in s.get(PLOT_SCORE, {})}
     )
     width = 0.8 / max(len(candidates), 1)
     for offset, candidate in enumerate(candidates):
-        heights = [(cell(b, o, "hole_knn", candidate) or {"mean": math.nan})["mean"] for b, o in outliers]
+        heights = [(cell(b, o, PLOT_SCORE, candidate) or {"mean": math.nan})["mean"] for b, o in outliers]
         axes.bar([i + offset * width for i in range(len(outliers))], heights, width=width, label=candidate)
     axes.set_xticks(
         [i + 0.4 - width / 2 for i in range(len(outliers))], [f"{b[:5]}→{o}" for b, o in outliers], fontsize=7
     )
     axes.set_ylim(0.5, 1.0)
-    axes.set_ylabel("hole_knn AUROC (test)")
+    axes.set_ylabel(f"{PLOT_SCORE} AUROC (test)", fontsize=8)
     axes.legend(fontsize=7)
     path = directory / "compact_study_variants.png"
     figure.savefig(path, dpi=100)

@@ -1,8 +1,11 @@
-"""The compact-latent study trains what each candidate says: every spec key reaches the config."""
+"""The compact-latent study trains what each candidate says (every spec key reaches the config), and
+its test tables never put two forms of one score in a row."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,3 +28,37 @@ def test_candidate_command_builds_the_config_of_its_spec(candidate: str, tmp_pat
         assert config[section][name] == value
     assert config.data.inlier == "mnist"
     assert config.out_dir == str(run.trial.out_dir)
+
+
+def write_results(run: compact_study.StudyRun, scores: dict[str, Any], aurocs: dict[str, float]) -> None:
+    """A results.json as a training run writes it: the scores config of its day and test metrics."""
+    run.trial.out_dir.mkdir(parents=True)
+    metrics = {"mnist": {score: {"auroc": value} for score, value in aurocs.items()}}
+    results = {"config": {"scores": scores}, "metrics": metrics, "model": {}}
+    (run.trial.out_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_test_table_keeps_each_score_form_in_its_own_row(tmp_path: Path) -> None:
+    old_run, new_run = [
+        run
+        for run in compact_study.make_runs(["alexandroff_e10", "alexandroff_d32_e10"], 1, tmp_path, [])
+        if run.benchmark == "fashion_mnist"
+    ]
+    # Round 1's record: no statistic key (the relative form), no hole_knn_recon.
+    write_results(old_run, {"knn_k": 100}, {"hole_knn": 0.8, "recon": 0.6})
+    winner_settings = compact_study.HOLE_SCORES["hole_knn_recon_ce_kl_w2"][1]
+    new_scores = {"knn_statistic": "mean_distance", **winner_settings}
+    write_results(new_run, new_scores, {"hole_knn": 0.9, "hole_knn_recon": 0.95, "recon": 0.7})
+
+    by_score = compact_study.test_table([old_run, new_run])["fashion_mnist"]["mnist"]
+
+    assert by_score["hole_knn k=100 relative"] == {"alexandroff_e10": {"mean": 0.8, "std": 0.0, "seeds": 1}}
+    assert set(by_score["hole_knn k=3 mean_distance"]) == {"alexandroff_d32_e10"}
+    assert set(by_score["recon"]) == {"alexandroff_e10", "alexandroff_d32_e10"}
+    winner_form = "hole_knn_recon k=3 w=2 [squared_error,cross_entropy,kl]"
+    assert by_score[winner_form]["alexandroff_d32_e10"]["mean"] == 0.95
+    assert compact_study.PLOT_SCORE == "hole_knn k=100 relative"
+    # The confirmation table finds the winner's cell under its form.
+    winner = {"candidate": "alexandroff_d32_e10", "score": "hole_knn_recon_ce_kl_w2"}
+    confirmation = compact_study.confirmation_markdown(winner, compact_study.test_table([new_run]), "test")
+    assert "| fashion_mnist | mnist | 0.950 ± 0.000 (n=1) |" in confirmation
