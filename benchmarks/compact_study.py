@@ -360,7 +360,8 @@ def score_form(score: str, settings: dict[str, Any]) -> str:
     return score
 
 
-# The test plots' score: round 1's hole_knn, the form every round-1 and round-2 training carries.
+# The test plots' score: round 1's hole_knn, the form the study's first trainings were tested with
+# (runs tested with a later default carry another form and are absent from the plots).
 PLOT_SCORE = score_form(*HOLE_SCORES["hole_knn"])
 
 
