@@ -454,7 +454,7 @@ def markdown(
     lines.append("|---|---|---|" + "---|" * len(candidates))
     for benchmark, by_outlier in table.items():
         for outlier, by_score in by_outlier.items():
-            for score in sorted(by_score, key=lambda form: (TEST_SCORES.index(form.split()[0]), form)):
+            for score in sorted(by_score, key=lambda form: (SCORE_NAMES.index(form.split()[0]), form)):
                 cells = []
                 for candidate in candidates:
                     cell = by_score[score].get(candidate)
