@@ -69,8 +69,9 @@ def joint_weights(
     """
     own, _ = knn_distances(latents, latents, k, "euclidean", chunk_size, exclude_self=True)
     spacing = own.double().mean(dim=1).median()
-    levels = torch.tensor([0.25, 0.75], dtype=torch.float64)
-    quartiles = torch.quantile(as_columns(log_statistics), levels, dim=0)
+    columns = as_columns(log_statistics)
+    levels = torch.tensor([0.25, 0.75], dtype=torch.float64, device=columns.device)
+    quartiles = torch.quantile(columns, levels, dim=0)
     spread = quartiles[1] - quartiles[0]
     if not bool((spread > 0).all()) or not spacing > 0:
         raise ValueError(

@@ -133,13 +133,15 @@ def _optimised_encoder_copies(
     }
     stacked = list(copies.values())
     # Fused Adam does the whole update in one kernel: several times faster than the loop over
-    # tensors for these large stacked copies.
+    # tensors for these large stacked copies. On CUDA it needs each gradient in its parameter's
+    # memory layout; backward() gives that (autograd.grad through vmap returns transposed strides),
+    # and `inputs=` keeps the model's own parameters free of gradients.
     optimiser = torch.optim.Adam(stacked, lr=lr, fused=x.device.type in ("cpu", "cuda"))
     for step in range(steps):
         draw_seeds = None if seeds is None else step_seeds(seeds, step, steps)
         loss = -seeded_elbo(model, x, _encode_with(model, copies, x), 1, draw_seeds).sum()
-        for parameter, gradient in zip(stacked, torch.autograd.grad(loss, stacked)):
-            parameter.grad = gradient
+        optimiser.zero_grad()
+        loss.backward(inputs=stacked)
         optimiser.step()
     return {name: copy.detach() for name, copy in copies.items()}
 

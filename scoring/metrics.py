@@ -48,7 +48,10 @@ def ood_metrics(inlier_scores: Tensor, outlier_scores: Tensor) -> dict[str, floa
     """All OOD metrics of one score given its values on inliers and on outliers (the public API)."""
     scores = torch.cat([inlier_scores, outlier_scores]).to(torch.float64)
     is_outlier = torch.cat(
-        [torch.zeros(len(inlier_scores), dtype=torch.bool), torch.ones(len(outlier_scores), dtype=torch.bool)]
+        [
+            torch.zeros(len(inlier_scores), dtype=torch.bool, device=scores.device),
+            torch.ones(len(outlier_scores), dtype=torch.bool, device=scores.device),
+        ]
     )
     return labelled_ood_metrics(scores, is_outlier)
 
