@@ -264,8 +264,13 @@ class PowerSpherical(Distribution):
         implicit Beta reparameterisation.
         """
         shape = self._extended_shape(sample_shape)
-        alpha, beta = self._alpha_beta()
+        # torch computes that implicit gradient (torch._dirichlet_grad) in float64 on the CPU but in
+        # the input's precision on CUDA, where in float32 its error reaches tens of percent at the
+        # concentrations a trained encoder reaches (kappa ~ 1e2-1e3; PyTorch issue 57447): CUDA
+        # draws in float64, which gives it the CPU's precision for a few operations per input.
+        alpha, beta = self._alpha_beta(torch.float64 if self.scale.is_cuda else None)
         complement = Beta(torch.full_like(alpha, beta), alpha, validate_args=False).rsample(sample_shape)
+        complement = complement.to(self.loc.dtype)
         direction = torch.randn(shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
         return self._place(complement, direction)
 
