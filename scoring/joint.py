@@ -77,8 +77,10 @@ def joint_weights(
         raise ValueError(
             "hole_knn_recon cannot scale its joint space: the reference inliers' log statistics have "
             f"interquartile ranges {[round(float(value), 6) for value in spread]} and their latents a "
-            f"median neighbour distance of {float(spacing):.3g}. Use more training inliers "
-            "(scores.knn_reference_size) or another score."
+            f"median neighbour distance of {float(spacing):.3g}. Either the reference is too small "
+            "(use more training inliers: scores.knn_reference_size) or the encoder gives nearly every "
+            "input the same posterior (posterior collapse: the training KL near its floor for every "
+            "input; that model needs retraining). Another score avoids this check."
         )
     return relative_weight * spacing / spread
 
