@@ -15,7 +15,7 @@ Implementation:
   the sum of the inputs' negative ELBOs, and since each copy only influences its own input's term,
   its gradient is exactly that input's gradient. Adam is elementwise, so one Adam over the stacked
   copies is exactly one independent Adam per input. The decoder's weights receive no gradient
-  (``torch.autograd.grad`` is taken with respect to the copies only), and the model's own
+  (``backward(inputs=copies)`` accumulates into the copies only), and the model's own
   parameters, buffers, ``.grad`` fields, train/eval flags and the global random state are left
   as they were.
 * ELBO estimates use the ``neg_elbo`` score's estimator: the analytic KL minus the mean of
