@@ -18,6 +18,7 @@ feeds checkpoint selection) and at test end it
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -43,6 +45,7 @@ from scoring.evaluation import (
     reference_rows,
     score_record,
 )
+from scoring.joint import DegenerateReferenceError
 from scoring.keys import flat_metrics
 from scoring.registry import REFERENCE_SCORES, ReferenceLatents
 
@@ -168,7 +171,7 @@ class OODEvaluation(Callback):
     # ------------------------------------------------------------------ evaluation and reporting
     def _finish(self, trainer: pl.Trainer, model: BaseVAE, stage: str) -> None:
         bound = model.latent_bound()
-        evaluation = self._evaluate(trainer, model, stage, bound)
+        evaluation, settings = self._evaluate(trainer, model, stage, bound)
         empirical = self._empirical_lipschitz(trainer, model, stage)
         self._log(model, evaluation, stage, empirical, bound)
         if trainer.is_global_zero and self.reporters:
@@ -179,7 +182,7 @@ class OODEvaluation(Callback):
                 model=model,
                 loaders=self._loaders(trainer, stage),
                 loggers=[logger for logger in trainer.loggers if isinstance(logger, WandbLogger)],
-                scores=self.settings,
+                scores=settings,
                 run_info=self.run_info,
                 train_seconds=self._train_seconds,
                 evaluation_seconds=time.perf_counter() - self._started,
@@ -190,14 +193,41 @@ class OODEvaluation(Callback):
 
     def _evaluate(
         self, trainer: pl.Trainer, model: BaseVAE, stage: str, bound: tuple[Tensor, float] | None
-    ) -> Evaluation:
-        data: EvaluationData = trainer.datamodule  # type: ignore[attr-defined]
+    ) -> tuple[Evaluation, ScoreConfig]:
+        """The Evaluation, and the score settings it was made with.
+
+        At validation a degenerate hole_knn_recon reference leaves that score out of the epoch's
+        report instead of stopping the run: validation metrics are reports, and an encoder can
+        collapse for an epoch early in training and recover (measured: the default, seed 3, had
+        every posterior at the kappa floor after epoch 1 and a healthy latent by epoch 8). At test
+        the error stands: the final model must be scorable.
+        """
         local = concatenate(self._records)
         self._records = []
         columns = deduplicate({key: gather_rows(trainer, value) for key, value in local.items()})
-        wants_reference = any(name in REFERENCE_SCORES for name in self.settings.names)
-        reference = self._reference(trainer, model, data, stage) if wants_reference else None
-        return evaluate(columns, list(data.eval_set_names), self.settings, reference, bound)
+        try:
+            return self._evaluate_with(trainer, model, stage, bound, columns, self.settings), self.settings
+        except DegenerateReferenceError as error:
+            if stage != "val":
+                raise
+            names = [name for name in self.settings.names if name != "hole_knn_recon"]
+            rank_zero_warn(f"Validation of epoch {trainer.current_epoch}: hole_knn_recon left out: {error}")
+            settings = dataclasses.replace(self.settings, names=names)
+            return self._evaluate_with(trainer, model, stage, bound, columns, settings), settings
+
+    def _evaluate_with(
+        self,
+        trainer: pl.Trainer,
+        model: BaseVAE,
+        stage: str,
+        bound: tuple[Tensor, float] | None,
+        columns: dict[str, Tensor],
+        settings: ScoreConfig,
+    ) -> Evaluation:
+        data: EvaluationData = trainer.datamodule  # type: ignore[attr-defined]
+        wants_reference = any(name in REFERENCE_SCORES for name in settings.names)
+        reference = self._reference(trainer, model, data, stage, settings) if wants_reference else None
+        return evaluate(columns, list(data.eval_set_names), settings, reference, bound)
 
     def _reference_cap(self, stage: str) -> int | None:
         """scores.knn_reference_size, and at validation at most scores.val_reference_size as well."""
@@ -209,7 +239,7 @@ class OODEvaluation(Callback):
 
     @torch.no_grad()
     def _reference(
-        self, trainer: pl.Trainer, model: BaseVAE, data: EvaluationData, stage: str
+        self, trainer: pl.Trainer, model: BaseVAE, data: EvaluationData, stage: str, settings: ScoreConfig
     ) -> ReferenceLatents:
         """The reference scores' reference: (a seeded subset of) the training inliers recorded as
         ``reference_record`` does (latents, and log reconstruction errors for hole_knn_recon),
@@ -230,11 +260,11 @@ class OODEvaluation(Callback):
         )
         # Encoded as the scored inputs are: the latents do not depend on the shard or batch sizes.
         columns = concatenate(
-            [reference_record(model, x.to(model.device), self.settings) for x, _, _ in subset_loader]
+            [reference_record(model, x.to(model.device), settings) for x, _, _ in subset_loader]
         )
         gathered = {key: gather_rows(trainer, value) for key, value in columns.items()}
         return build_reference(
-            gathered["latent"], model.latent_metric, self.settings, gathered.get("log_recon_statistics")
+            gathered["latent"], model.latent_metric, settings, gathered.get("log_recon_statistics")
         )
 
     def _empirical_lipschitz(self, trainer: pl.Trainer, model: BaseVAE, stage: str) -> float | None:

@@ -23,6 +23,10 @@ STATISTIC_FLOOR = 1e-12
 CROSS_ENTROPY_EPS = 1e-6
 
 
+class DegenerateReferenceError(ValueError):
+    """The reference inliers give hole_knn_recon no scale: a tiny reference, or a collapsed encoder."""
+
+
 def log_statistic(value: Tensor) -> Tensor:
     """log of a non-negative per-input statistic, floored so that a zero stays finite (float64)."""
     return value.double().clamp_min(STATISTIC_FLOOR).log()
@@ -74,7 +78,7 @@ def joint_weights(
     quartiles = torch.quantile(columns, levels, dim=0)
     spread = quartiles[1] - quartiles[0]
     if not bool((spread > 0).all()) or not spacing > 0:
-        raise ValueError(
+        raise DegenerateReferenceError(
             "hole_knn_recon cannot scale its joint space: the reference inliers' log statistics have "
             f"interquartile ranges {[round(float(value), 6) for value in spread]} and their latents a "
             f"median neighbour distance of {float(spacing):.3g}. Either the reference is too small "
