@@ -192,12 +192,10 @@ def best_validation_elbo(run_dir: Path) -> float:
 @torch.no_grad()
 def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
     """The AUROC of each of ``candidates`` (HOLE_SCORES) on validation inliers vs each corruption of them."""
-    from torch.utils.data import DataLoader
-
-    from datamodules.ood_datamodule import ImageTensorDataset, OODDataModule, collate_batch
+    from datamodules.ood_datamodule import ImageTensorDataset, OODDataModule
     from datamodules.sources import ImageSet
     from lightning_modules.factory import load_model
-    from scoring.evaluation import build_reference, concatenate, evaluate, reference_record, score_record
+    from scoring.evaluation import build_reference, evaluate
 
     config = OmegaConf.load(run_dir / "config.yaml")
     model = load_model(best_checkpoint(run_dir)).eval()
@@ -218,16 +216,8 @@ def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
         posterior_samples=int(config.scores.posterior_samples),
         knn_recon_features=list(RECON_FEATURES),
     )
-    records = []
-    for set_id, image_set in enumerate(sets):
-        loader = DataLoader(
-            ImageTensorDataset(image_set), batch_size=val_loader.batch_size, collate_fn=collate_batch
-        )
-        for x, labels, indices in loader:
-            records.append(score_record(model, x, labels, indices, set_id, recording, int(config.seed)))
-    columns = concatenate(records)  # sorted by (set, index) already: sets in order, loaders unshuffled
-    training_inliers = datamodule.reference_dataloader()
-    trained = concatenate([reference_record(model, x, recording) for x, _, _ in training_inliers])
+    columns = record_sets(model, sets, recording, int(config.seed), int(config.data.batch_size))
+    trained = record_reference(model, datamodule, recording)
     results: dict[str, dict[str, float]] = {}
     for candidate in candidates:
         score, settings = HOLE_SCORES[candidate]
@@ -246,6 +236,33 @@ def selection_metrics(run_dir: Path, candidates: list[str]) -> dict[str, Any]:
         "val_elbo": best_validation_elbo(run_dir),
         "checkpoint": best_checkpoint(run_dir).name,
     }
+
+
+def record_sets(
+    model: Any, sets: list[Any], recording: ScoreConfig, seed: int, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Per-image columns (latents, recorded statistics, batch scores) of every image of ``sets``,
+    sorted by (set, index): sets in order, loaders unshuffled."""
+    from torch.utils.data import DataLoader
+
+    from datamodules.ood_datamodule import ImageTensorDataset, collate_batch
+    from scoring.evaluation import concatenate, score_record
+
+    records = []
+    for set_id, image_set in enumerate(sets):
+        loader = DataLoader(ImageTensorDataset(image_set), batch_size=batch_size, collate_fn=collate_batch)
+        for x, labels, indices in loader:
+            records.append(score_record(model, x, labels, indices, set_id, recording, seed))
+    return concatenate(records)
+
+
+def record_reference(model: Any, datamodule: Any, recording: ScoreConfig) -> dict[str, torch.Tensor]:
+    """The reference columns (latents, recorded statistics) of the run's training inliers."""
+    from scoring.evaluation import concatenate, reference_record
+
+    return concatenate(
+        [reference_record(model, x, recording) for x, _, _ in datamodule.reference_dataloader()]
+    )
 
 
 def own_statistics(columns: dict[str, torch.Tensor], scores: ScoreConfig) -> torch.Tensor | None:

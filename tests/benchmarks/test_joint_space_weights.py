@@ -1,0 +1,78 @@
+"""The weight analysis scores a run exactly as its own test and the selection rule did: at the
+default weight its AUROCs are the run's results.json values and the study's selection-suite values,
+and its two limits are the latent and the statistics alone."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import compact_study, joint_space_weights
+from experiments import train as train_cli
+from tests.helpers import one_thread, tiny_overrides
+
+
+def test_the_default_weight_reproduces_the_runs_own_test_aurocs(data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(
+        run_dir,
+        **{
+            "model.variant": "alexandroff",
+            "model.lipschitz": "null",
+            "data.outliers": "[mnist,constant]",
+            "scores.names": "[hole_knn_recon]",
+            "scores.knn_k": "3",
+            "scores.knn_reference_size": "null",
+            "scores.val_every_n_epochs": "0",
+            "trainer.limit_train_batches": "3",
+            "logger.mode": "disabled",
+            "plots.enabled": "false",
+        },
+    )
+    with one_thread():
+        assert train_cli.run_cli(train_cli.main, overrides) == 0
+        weights = [0.0, 2.0, 1e9, math.inf]
+        result = joint_space_weights.run_aurocs(run_dir, weights, max_eval_samples=150)
+
+    own = json.loads((run_dir / "results.json").read_text())["metrics"]
+    for outlier in ("mnist", "constant"):
+        assert result["test"]["2"][outlier] == pytest.approx(
+            own[outlier]["hole_knn_recon"]["auroc"], abs=1e-12
+        )
+        # A huge weight ranks like the statistics alone.
+        assert result["test"]["1e+09"][outlier] == pytest.approx(result["test"]["inf"][outlier], abs=1e-9)
+    # The selection suite is the rule's: the study's select stage gives the same AUROCs.
+    with one_thread():
+        selected = compact_study.selection_metrics(run_dir, ["hole_knn_recon_ce_kl_w2"])
+    assert selected["auroc"]["hole_knn_recon_ce_kl_w2"] == pytest.approx(result["selection"]["2"], abs=1e-12)
+    assert result["selection"]["0"] != result["selection"]["inf"]
+
+    # The report: one row per (model, inlier set, outlier set), the suite's worst case, a figure.
+    summary = {group: joint_space_weights.summarise([result], group) for group in ("selection", "test")}
+    model = result["model"]
+    worst = summary["selection"][f"{model}: fashion_mnist worst case"]["2"]
+    assert worst["mean"] == min(result["selection"]["2"].values()) and worst["n"] == 1
+    table = joint_space_weights.markdown(summary, ["0", "2", "inf"], 1)
+    cells = " | ".join(f"{result['test'][weight]['constant']:.4f} ± 0.0000" for weight in ("0", "2", "inf"))
+    assert f"| {model}: fashion_mnist -> constant | {cells} |" in table
+    figure = joint_space_weights.plot(summary, ["0", "2", "inf"], tmp_path / "weights.png")
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+
+def test_weight_zero_is_the_latent_alone() -> None:
+    generator = torch.Generator().manual_seed(0)
+    reference = {
+        "latent": torch.randn(200, 5, generator=generator, dtype=torch.float64),
+        "log_recon_statistics": torch.randn(200, 3, generator=generator, dtype=torch.float64),
+    }
+    queries = {
+        "latent": torch.randn(50, 5, generator=generator, dtype=torch.float64),
+        "log_recon_statistics": 100 * torch.randn(50, 3, generator=generator, dtype=torch.float64),
+    }
+    latent_only = torch.cdist(queries["latent"], reference["latent"]).topk(3, largest=False).values.mean(1)
+    scores = joint_space_weights.weighted_scores(reference, queries, 3, 0.0)
+    torch.testing.assert_close(scores.double(), latent_only)
