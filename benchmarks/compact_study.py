@@ -74,15 +74,18 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"alexandroff_d{dim}_e10": candidate("alexandroff", 10, latent_dim=dim) for dim in (8, 32)},
     "gaussian_e3": candidate("gaussian", 3, compact=False),
     "gaussian_e10": candidate("gaussian", 10, compact=False),
-    # The classical VAE at the default's latent dimension: the matched comparison row of round 4.
+    # The classical VAE at round 4's default latent dimension: the matched comparison row of round 4.
     "gaussian_d32_e10": candidate("gaussian", 10, latent_dim=32, compact=False),
 }
 # Candidate hole scores: name -> the scores settings that compute it (as `score`). Round 1 (the
 # first three), round 2 (the mean distance to the k nearest, without the relative normalisation),
 # round 3 (the vacancy in the joint space of latent and log squared reconstruction error at four
-# weights, with round 2's k) and round 4 (that joint space with the reconstruction's
-# cross-entropy, and with the posterior's KL, as further coordinates); each round's scores were
+# weights, with round 2's k), round 4 (that joint space with the reconstruction's cross-entropy,
+# and with the posterior's KL, as further coordinates) and round 5 (round 4's winner with the
+# far-statistics guard, docs/method.md 4.1); each round's scores were
 # added before any of them was evaluated on a test set (README, "Choosing the default").
+# Rounds 3 and 4 scored without the far-statistics guard, pinned: the config's default has it since round 5.
+NO_GUARD: dict[str, Any] = {"knn_recon_guard": None}
 HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
     # Round 1's scores in the relative form, pinned: the config's default statistic changed since.
     "hole_knn": ("hole_knn", {"knn_k": 100, "knn_statistic": "relative"}),
@@ -95,7 +98,7 @@ HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
     **{
         f"hole_knn_recon_w{weight:g}": (
             "hole_knn_recon",
-            {"knn_k": 3, "knn_recon_weight": weight, "knn_recon_features": ["squared_error"]},
+            {"knn_k": 3, "knn_recon_weight": weight, "knn_recon_features": ["squared_error"], **NO_GUARD},
         )
         for weight in (0.5, 1.0, 2.0, 4.0)
     },
@@ -106,14 +109,33 @@ HOLE_SCORES: dict[str, tuple[str, dict[str, Any]]] = {
                 "knn_k": 3,
                 "knn_recon_weight": weight,
                 "knn_recon_features": ["squared_error", "cross_entropy"],
+                **NO_GUARD,
             },
         )
         for weight in (1.0, 2.0, 4.0)
     },
     "hole_knn_recon_ce_kl_w2": (
         "hole_knn_recon",
-        {"knn_k": 3, "knn_recon_weight": 2.0, "knn_recon_features": ["squared_error", "cross_entropy", "kl"]},
+        {
+            "knn_k": 3,
+            "knn_recon_weight": 2.0,
+            "knn_recon_features": ["squared_error", "cross_entropy", "kl"],
+            **NO_GUARD,
+        },
     ),
+    # Round 5: round 4's winning score with the far-statistics guard at two conventional quantiles.
+    **{
+        f"hole_knn_recon_ce_kl_w2_guard{quantile:g}": (
+            "hole_knn_recon",
+            {
+                "knn_k": 3,
+                "knn_recon_weight": 2.0,
+                "knn_recon_features": ["squared_error", "cross_entropy", "kl"],
+                "knn_recon_guard": quantile,
+            },
+        )
+        for quantile in (0.99, 0.999)
+    },
 }
 # Every score but the two costly baselines (input_complexity compresses PNGs, likelihood_regret
 # optimises an encoder per input): the quality benchmark reports those.
@@ -326,20 +348,39 @@ def select_winner(selection: dict[str, dict[str, Any]]) -> tuple[dict[str, Any],
 
 # ---------------------------------------------------------------------------- confirmation
 def confirm_dir(run: StudyRun, score: str, max_eval_samples: int | None) -> Path:
-    size = "full" if max_eval_samples is None else f"n{max_eval_samples}"
-    return run.trial.out_dir / "evaluations" / f"confirm_{score}_{size}"
+    return run.trial.out_dir / "evaluations" / f"confirm_{score}_{size_label(max_eval_samples)}"
+
+
+def size_label(max_eval_samples: int | None) -> str:
+    return "full" if max_eval_samples is None else f"n{max_eval_samples}"
+
+
+def confirmation_results(run: StudyRun, score: str, max_eval_samples: int | None) -> list[Path]:
+    """The run's confirmation results at this size: the winner's first, then every earlier round's.
+    Checkpoint and per-input seeds fix every score, so a baseline measured by an earlier round's
+    confirmation is the same number; a confirmation limited to the new hole score
+    (``--confirm-scores``) takes the baselines from them."""
+    first = confirm_dir(run, score, max_eval_samples) / "results.json"
+    others = sorted(
+        (run.trial.out_dir / "evaluations").glob(f"confirm_*_{size_label(max_eval_samples)}/results.json")
+    )
+    return [first, *(path for path in others if path != first)]
 
 
 def override_value(value: Any) -> str:
-    """A setting as a command-line override: lists as ``[a,b]``."""
+    """A setting as a command-line override: lists as ``[a,b]``, None as ``null``."""
+    if value is None:
+        return "null"
     return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
-def confirm_trials(runs: list[StudyRun], winner: dict[str, Any], max_eval_samples: int | None) -> list[Trial]:
+def confirm_trials(
+    runs: list[StudyRun], winner: dict[str, Any], max_eval_samples: int | None, scores: list[str]
+) -> list[Trial]:
     """Step 4 of the rule: the winner's runs (every seed) and the classical rows' runs, their selected
-    checkpoints scored by ``experiments.evaluate`` with the winning hole score's settings (and every
-    baseline) on the test sets (``max_eval_samples`` per set, None = whole sets); each evaluation
-    lands in RUN/evaluations/confirm_<score>_<size>/."""
+    checkpoints scored by ``experiments.evaluate`` with the winning hole score's settings on the
+    test sets (``max_eval_samples`` per set, None = whole sets), ``scores`` naming what is scored
+    (by default every baseline too); each evaluation lands in RUN/evaluations/confirm_<score>_<size>/."""
     _, settings = HOLE_SCORES[winner["score"]]
     compared = {winner["candidate"]} | {name for name, spec in CANDIDATES.items() if not spec["compact"]}
     samples = "null" if max_eval_samples is None else max_eval_samples
@@ -351,7 +392,7 @@ def confirm_trials(runs: list[StudyRun], winner: dict[str, Any], max_eval_sample
         trial = Trial(f"{run.trial.name}_confirm_{winner['score']}", run.trial.parameters, out_dir)
         trial.command = [
             sys.executable, "-m", "experiments.evaluate", f"ckpt={run.trial.out_dir}", f"out_dir={out_dir}",
-            f"data.max_eval_samples={samples}", f"scores.names=[{','.join(TEST_SCORES)}]",
+            f"data.max_eval_samples={samples}", f"scores.names=[{','.join(scores)}]",
             *(f"scores.{key}={override_value(value)}" for key, value in settings.items()),
             "plots.enabled=false", "logger.mode=disabled",
         ]  # fmt: skip
@@ -373,7 +414,10 @@ def score_form(score: str, settings: dict[str, Any]) -> str:
         return f"{score} k={settings['knn_k']} {settings.get('knn_statistic') or 'relative'}"
     if score == "hole_knn_recon":
         features = ",".join(settings.get("knn_recon_features") or ["squared_error"])
-        return f"{score} k={settings['knn_k']} w={settings['knn_recon_weight']:g} [{features}]"
+        guard = (
+            f" guard={settings['knn_recon_guard']:g}" if settings.get("knn_recon_guard") is not None else ""
+        )
+        return f"{score} k={settings['knn_k']} w={settings['knn_recon_weight']:g} [{features}]{guard}"
     return score
 
 
@@ -382,23 +426,27 @@ def score_form(score: str, settings: dict[str, Any]) -> str:
 PLOT_SCORE = score_form(*HOLE_SCORES["hole_knn"])
 
 
-def test_table(runs: list[StudyRun], results_of: Callable[[StudyRun], Path] | None = None) -> dict[str, Any]:
+def test_table(
+    runs: list[StudyRun], results_of: Callable[[StudyRun], list[Path]] | None = None
+) -> dict[str, Any]:
     """{benchmark: {outlier: {score form: {candidate: {mean, std, seeds}}}}} of test AUROC.
 
-    ``results_of`` names each run's results file: by default the training run's own test, else
-    e.g. its confirmation evaluation (``confirm_dir``). Scores are keyed by ``score_form``.
+    ``results_of`` names each run's results files: by default the training run's own test, else
+    e.g. its confirmation evaluations (``confirmation_results``). Scores are keyed by
+    ``score_form``; a form found in several files of one run counts once (the first file's).
     """
     values: dict[tuple[str, str, str, str], list[float]] = {}
     for run in runs:
-        results = run.trial.out_dir / "results.json" if results_of is None else results_of(run)
-        if not results.is_file():
-            continue
-        settings = json.loads(results.read_text())["config"]["scores"]
-        for key, value in read_metrics(results).items():
-            parts = parse_metric_key(key)
-            if parts is not None and parts.metric == "auroc":
-                form = score_form(parts.score, settings)
-                values.setdefault((run.benchmark, parts.outlier, form, run.candidate), []).append(value)
+        files = [run.trial.out_dir / "results.json"] if results_of is None else results_of(run)
+        per_run: dict[tuple[str, str], float] = {}
+        for results in (path for path in files if path.is_file()):
+            settings = json.loads(results.read_text())["config"]["scores"]
+            for key, value in read_metrics(results).items():
+                parts = parse_metric_key(key)
+                if parts is not None and parts.metric == "auroc":
+                    per_run.setdefault((parts.outlier, score_form(parts.score, settings)), value)
+        for (outlier, form), value in per_run.items():
+            values.setdefault((run.benchmark, outlier, form, run.candidate), []).append(value)
     table: dict[str, Any] = {}
     for (benchmark, outlier, score, candidate), found in values.items():
         cell = {"mean": statistics.fmean(found), "std": statistics.pstdev(found), "seeds": len(found)}
@@ -563,6 +611,14 @@ def main(arguments: list[str] | None = None) -> None:
         default=None,
         help="test images per set in the confirmation (default: whole test sets, as the targets ask)",
     )
+    parser.add_argument(
+        "--confirm-scores",
+        nargs="+",
+        choices=TEST_SCORES,
+        default=TEST_SCORES,
+        help="scores of the confirmation (default: all but the two costly baselines); the hole score "
+        "alone reuses the baselines of earlier rounds' confirmations of the same checkpoints",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every training")
     arguments = sys.argv[1:] if arguments is None else arguments
     args = parser.parse_args(arguments)
@@ -579,15 +635,13 @@ def main(arguments: list[str] | None = None) -> None:
                 selection.setdefault(run.candidate, {})[run.benchmark] = found
     winner, rows = select_winner(selection)
     if args.stage in ("confirm", "all") and winner:
-        confirmations = confirm_trials(runs, winner, args.confirm_max_eval_samples)
+        confirmations = confirm_trials(runs, winner, args.confirm_max_eval_samples, args.confirm_scores)
         run_trials(confirmations, args.out_dir / "logs", args.jobs)
     if args.stage in ("report", "all"):
         table = test_table(runs)
         size = args.confirm_max_eval_samples
         confirmed = (
-            test_table(runs, lambda run: confirm_dir(run, winner["score"], size) / "results.json")
-            if winner
-            else {}
+            test_table(runs, lambda run: confirmation_results(run, winner["score"], size)) if winner else {}
         )
         result = {
             "command": " ".join(["python -m benchmarks.compact_study", *arguments]),

@@ -5,7 +5,8 @@
 For each trained run (a folder of ``experiments.train``), its selected checkpoint scores two
 groups of sets with ``hole_knn_recon`` at every weight (``scores.knn_recon_weight``) of
 ``--weights``, with the default experiment's k and statistics (whatever the run was trained
-with, so that runs of different days compare):
+with, so that runs of different days compare) and without the far-statistics guard (the analysis
+is of the joint space's weight alone; the guard was round 5's answer to it):
 
 - the selection suite of the README's rule ("Choosing the default"): validation inliers against
   the corruptions of ``datamodules.corruptions``, on the whole validation split (the study's
@@ -59,7 +60,7 @@ def weighted_scores(
         spread = quartiles[1] - quartiles[0]
         detector = HoleDetector(k=k, statistic="mean_distance").fit(statistics_ / spread)
         return detector.score(queries["log_recon_statistics"] / spread)
-    detector = HoleDetector(k=k, relative_recon_weight=weight).fit(latents, statistics_)
+    detector = HoleDetector(k=k, relative_recon_weight=weight, recon_guard=None).fit(latents, statistics_)
     return detector.score(queries["latent"], queries["log_recon_statistics"])
 
 

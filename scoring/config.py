@@ -61,6 +61,11 @@ class ScoreConfig:
     # (RECON_FEATURES). The default (all three, weight 2, k = 3) is round 4 of the selection
     # rule's choice (README, "Choosing the default"); [squared_error] is round 3's score.
     knn_recon_features: list[str] = field(default_factory=lambda: list(RECON_FEATURES))
+    # hole_knn_recon's far-statistics guard (docs/method.md 4.1): null = none; q in (0, 1) adds how
+    # far an input's vacancy among the inliers' statistics alone exceeds the q-quantile of the
+    # inliers' own, so inputs whose statistics lie beyond the inliers' range score higher. 0.99 is
+    # round 5 of the selection rule's choice (README, "Choosing the default").
+    knn_recon_guard: float | None = 0.99
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     # Queries per block of the exact kNN search (null: sized from a fixed memory budget).
@@ -96,6 +101,11 @@ class ScoreConfig:
         check_at_least("scores.knn_k", self.knn_k, 1)
         check_choice("scores.knn_statistic", self.knn_statistic, KNN_STATISTICS)
         check_at_least("scores.knn_recon_weight", self.knn_recon_weight, 0, strict=True)
+        if self.knn_recon_guard is not None and not 0 < self.knn_recon_guard < 1:
+            raise ValueError(
+                f"'scores.knn_recon_guard'={self.knn_recon_guard} must be a quantile in (0, 1) "
+                "(e.g. 0.99), or null for no guard."
+            )
         for feature in self.knn_recon_features:
             check_choice("scores.knn_recon_features", feature, RECON_FEATURES)
         if not self.knn_recon_features or len(set(self.knn_recon_features)) < len(self.knn_recon_features):

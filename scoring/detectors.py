@@ -9,7 +9,8 @@ reference latent, divided by the mean k-th-neighbour distance of those neighbour
 ``statistic="mean_distance"`` the mean distance to the k nearest. Fitted with the inliers' log
 reconstruction statistics as well (``fit(latents, log_statistics)``, ``[N]`` for one statistic such
 as the log squared error, ``[N, E]`` for several), it is ``hole_knn_recon``: the vacancy in the joint
-space of latent and log statistics (same section), and ``score`` then needs the queries' too.
+space of latent and log statistics (same section), and ``score`` then needs the queries' too;
+``recon_guard=q`` adds its far-statistics guard.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from scoring.config import ScoreConfig
-from scoring.joint import joint_points, joint_vacancy, joint_weights
+from scoring.joint import guard_excess, guard_threshold, joint_points, joint_vacancy, joint_weights
 from scoring.knn import KnnMetric, KnnStatistic, hole_knn_score, reference_kth_distances
 
 
@@ -32,28 +33,35 @@ class HoleDetector:
         chunk_size: int | None = None,
         statistic: KnnStatistic = ScoreConfig.knn_statistic,  # type: ignore[assignment]
         relative_recon_weight: float = ScoreConfig.knn_recon_weight,
+        recon_guard: float | None = ScoreConfig.knn_recon_guard,
     ) -> None:
-        """k, statistic and the joint space's weight default to the framework's defaults
-        (scoring.config.ScoreConfig); the joint space always uses the mean Euclidean distance."""
+        """k, statistic, the joint space's weight and its far-statistics guard (a quantile, or None)
+        default to the framework's defaults (scoring.config.ScoreConfig); the joint space always
+        uses the mean Euclidean distance."""
         self.k = k
         self.metric = metric
         self.chunk_size = chunk_size
         self.statistic = statistic
         self.relative_recon_weight = relative_recon_weight
+        self.recon_guard = recon_guard
         self._reference: Tensor | None = None
         self._reference_kth: Tensor | None = None
         self._joint: Tensor | None = None
         self._weights: Tensor | None = None
+        self._guard_threshold: Tensor | None = None
 
     def fit(self, reference_latents: Tensor, log_statistics: Tensor | None = None) -> HoleDetector:
         """Remember the reference; with the inliers' log statistics, score in the joint space."""
         self._reference = reference_latents
-        self._joint = self._weights = self._reference_kth = None
+        self._joint = self._weights = self._reference_kth = self._guard_threshold = None
         if log_statistics is not None:
             self._weights = joint_weights(
                 reference_latents, log_statistics, self.k, self.relative_recon_weight, self.chunk_size
             )
             self._joint = joint_points(reference_latents, log_statistics, self._weights)
+            if self.recon_guard is not None:
+                block = self._joint[:, reference_latents.shape[1] :]
+                self._guard_threshold = guard_threshold(block, self.k, self.recon_guard, self.chunk_size)
         elif self.statistic == "relative":
             self._reference_kth = reference_kth_distances(
                 reference_latents, self.k, self.metric, self.chunk_size
@@ -70,7 +78,16 @@ class HoleDetector:
                 "pass log_statistics to both fit() and score(), or to neither."
             )
         if self._joint is not None and self._weights is not None and log_statistics is not None:
-            return joint_vacancy(latents, log_statistics, self._joint, self._weights, self.k, self.chunk_size)
+            vacancy = joint_vacancy(
+                latents, log_statistics, self._joint, self._weights, self.k, self.chunk_size
+            )
+            if self._guard_threshold is None:
+                return vacancy
+            block = self._joint[:, self._reference.shape[1] :]
+            excess = guard_excess(
+                log_statistics, block, self._weights, self._guard_threshold, self.k, self.chunk_size
+            )
+            return vacancy + excess
         return hole_knn_score(
             latents,
             self._reference,

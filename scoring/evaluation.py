@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from scoring.config import ScoreConfig
-from scoring.joint import joint_points, joint_weights
+from scoring.joint import guard_threshold, joint_points, joint_weights
 from scoring.knn import reference_kth_distances
 from scoring.metrics import labelled_ood_metrics
 from scoring.model import ScoringModel
@@ -154,6 +154,13 @@ def build_reference(
             latents, log_recon_statistics, settings.knn_k, settings.knn_recon_weight, settings.knn_chunk_size
         )
         reference.joint = joint_points(latents, log_recon_statistics, reference.recon_weights)
+        if settings.knn_recon_guard is not None:
+            reference.guard_threshold = guard_threshold(
+                reference.joint[:, latents.shape[1] :],
+                settings.knn_k,
+                settings.knn_recon_guard,
+                settings.knn_chunk_size,
+            )
     return reference
 
 

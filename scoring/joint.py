@@ -5,8 +5,10 @@ Each input becomes the point ``[l(x), w_1 * log s_1(x), ..., w_E * log s_E(x)]``
 ``s_e`` are the statistics named by ``scores.knn_recon_features`` (squared error, cross-entropy of
 the reconstruction, KL of the posterior); its vacancy is the mean Euclidean distance to the k
 nearest training inliers in that space. Each ``w_e`` comes from the inliers alone
-(``joint_weights``), so one weight setting means the same for any model and any statistic. Plain
-tensors in, plain tensors out: the score registry and ``HoleDetector`` share these functions.
+(``joint_weights``), so one weight setting means the same for any model and any statistic. The
+optional far-statistics guard (``guard_threshold``, ``guard_excess``) adds how far an input's
+statistics alone lie beyond the inliers' range. Plain tensors in, plain tensors out: the score
+registry and ``HoleDetector`` share these functions.
 """
 
 from __future__ import annotations
@@ -101,3 +103,32 @@ def joint_vacancy(
     queries = joint_points(latents, log_statistics, weights)
     distances, _ = knn_distances(queries, joint_reference, k, "euclidean", chunk_size)
     return distances.mean(dim=1)
+
+
+def statistics_block(log_statistics: Tensor, weights: Tensor) -> Tensor:
+    """The statistics coordinates of the joint space alone, ``weights * log statistics`` (float64)."""
+    return as_columns(log_statistics) * weights.double()
+
+
+def guard_threshold(
+    reference_block: Tensor, k: int, quantile: float, chunk_size: int | None = None
+) -> Tensor:
+    """The ``quantile`` of the reference inliers' own (leave-one-out) mean distance to their k
+    nearest others in the statistics block: where the inliers' range of statistics ends."""
+    own, _ = knn_distances(reference_block, reference_block, k, "euclidean", chunk_size, exclude_self=True)
+    return torch.quantile(own.double().mean(dim=1), quantile)
+
+
+def guard_excess(
+    log_statistics: Tensor,
+    reference_block: Tensor,
+    weights: Tensor,
+    threshold: Tensor,
+    k: int,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """``[N]`` how far each input's vacancy in the statistics block exceeds ``threshold`` (0 within
+    it), in the joint space's units (docs/method.md 4.1, the far-statistics guard)."""
+    queries = statistics_block(log_statistics, weights)
+    distances, _ = knn_distances(queries, reference_block, k, "euclidean", chunk_size)
+    return (distances.double().mean(dim=1) - threshold).clamp_min(0)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from scoring.config import SCORE_NAMES, ScoreConfig
 from scoring.input_complexity import input_complexity_score
-from scoring.joint import cross_entropy, joint_vacancy, log_statistic, squared_error
+from scoring.joint import cross_entropy, guard_excess, joint_vacancy, log_statistic, squared_error
 from scoring.knn import hole_knn_score
 from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
 from scoring.model import Encoding, ImportanceSamples, ScoringModel, batch_invariant_encoding
@@ -179,7 +179,8 @@ class ReferenceLatents:
 
     ``joint`` holds the same inliers as points of the joint space of ``hole_knn_recon`` (latent
     location, weighted log reconstruction statistics), and ``recon_weights`` those weights; both are None
-    unless that score was asked for (``scoring.evaluation.build_reference``).
+    unless that score was asked for (``scoring.evaluation.build_reference``). ``guard_threshold`` is
+    the far-statistics guard's threshold (``scores.knn_recon_guard``), None without the guard.
     """
 
     latents: Tensor
@@ -187,6 +188,7 @@ class ReferenceLatents:
     kth_distances: Tensor | None = None
     joint: Tensor | None = None
     recon_weights: Tensor | None = None
+    guard_threshold: Tensor | None = None
 
 
 def hole_knn(queries: Tensor, reference: ReferenceLatents, settings: ScoreConfig) -> Tensor:
@@ -233,17 +235,30 @@ def hole_knn_recon(columns: dict[str, Tensor], reference: ReferenceLatents, sett
     inliers whose latents surround it. Appending each weighted log statistic as one more
     coordinate makes such an input land in a hole of the joint space, while an inlier with a large
     error (a detailed garment) has neighbours with large errors too, so it stays in occupied
-    space. The score is the mean Euclidean distance to the k nearest joint reference points.
+    space. The score is the mean Euclidean distance to the k nearest joint reference points, plus,
+    with ``scores.knn_recon_guard``, how far the input's statistics alone lie beyond the inliers'.
     """
     if reference.joint is None or reference.recon_weights is None:
         raise ValueError(
             "hole_knn_recon needs a reference built with the inliers' reconstruction statistics."
         )
-    return joint_vacancy(
+    log_statistics = columns["log_recon_statistics"]
+    vacancy = joint_vacancy(
         columns["latent"],
-        columns["log_recon_statistics"],
+        log_statistics,
         reference.joint,
         reference.recon_weights,
+        settings.knn_k,
+        settings.knn_chunk_size,
+    )
+    if reference.guard_threshold is None:
+        return vacancy
+    dim = reference.latents.shape[1]
+    return vacancy + guard_excess(
+        log_statistics,
+        reference.joint[:, dim:],
+        reference.recon_weights,
+        reference.guard_threshold,
         settings.knn_k,
         settings.knn_chunk_size,
     )

@@ -62,3 +62,44 @@ def test_test_table_keeps_each_score_form_in_its_own_row(tmp_path: Path) -> None
     winner = {"candidate": "alexandroff_d32_e10", "score": "hole_knn_recon_ce_kl_w2"}
     confirmation = compact_study.confirmation_markdown(winner, compact_study.test_table([new_run]), "test")
     assert "| fashion_mnist | mnist | 0.950 ± 0.000 (n=1) |" in confirmation
+
+
+def test_a_confirmation_of_the_hole_score_alone_takes_the_baselines_from_earlier_rounds(
+    tmp_path: Path,
+) -> None:
+    (run,) = [
+        run
+        for run in compact_study.make_runs(["alexandroff_d32_e10"], 1, tmp_path, [])
+        if run.benchmark == "fashion_mnist"
+    ]
+    earlier, guarded = "hole_knn_recon_ce_kl_w2", "hole_knn_recon_ce_kl_w2_guard0.99"
+    for score, aurocs in (
+        (earlier, {"hole_knn_recon": 0.97, "neg_elbo": 0.4}),
+        (guarded, {"hole_knn_recon": 0.99}),
+    ):
+        out_dir = compact_study.confirm_dir(run, score, None)
+        out_dir.mkdir(parents=True)
+        metrics = {"mnist": {name: {"auroc": value} for name, value in aurocs.items()}}
+        scores = {"knn_statistic": "mean_distance", **compact_study.HOLE_SCORES[score][1]}
+        (out_dir / "results.json").write_text(
+            json.dumps({"config": {"scores": scores}, "metrics": metrics, "model": {}})
+        )
+    # A subset confirmation is another size: never mixed in.
+    other_size = compact_study.confirm_dir(run, earlier, 2000)
+    other_size.mkdir(parents=True)
+    (other_size / "results.json").write_text(
+        json.dumps({"config": {"scores": {}}, "metrics": {"mnist": {"recon": {"auroc": 0.5}}}, "model": {}})
+    )
+
+    files = compact_study.confirmation_results(run, guarded, None)
+    assert files[0] == compact_study.confirm_dir(run, guarded, None) / "results.json" and len(files) == 2
+    by_score = compact_study.test_table([run], lambda r: compact_study.confirmation_results(r, guarded, None))
+    cells = by_score["fashion_mnist"]["mnist"]
+    guard_form = "hole_knn_recon k=3 w=2 [squared_error,cross_entropy,kl] guard=0.99"
+    assert cells[guard_form]["alexandroff_d32_e10"]["mean"] == 0.99
+    assert (
+        cells["hole_knn_recon k=3 w=2 [squared_error,cross_entropy,kl]"]["alexandroff_d32_e10"]["mean"]
+        == 0.97
+    )
+    assert cells["neg_elbo"]["alexandroff_d32_e10"] == {"mean": 0.4, "std": 0.0, "seeds": 1}
+    assert "recon" not in cells

@@ -27,6 +27,7 @@ def test_the_default_weight_reproduces_the_runs_own_test_aurocs(data_dir: Path, 
             "scores.names": "[hole_knn_recon]",
             "scores.knn_k": "3",
             "scores.knn_reference_size": "null",
+            "scores.knn_recon_guard": "null",  # the analysis is of the unguarded joint space
             "scores.val_every_n_epochs": "0",
             "trainer.limit_train_batches": "3",
             "logger.mode": "disabled",

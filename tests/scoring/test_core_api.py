@@ -142,7 +142,8 @@ def test_hole_knn_recon_is_the_mean_distance_in_the_joint_space_scaled_by_the_in
     log_stats = torch.stack(
         [latents[:, 0] + 0.3 * torch.randn(200, generator=generator), 10 * latents[:, 1] + 5], dim=1
     )
-    settings = ScoreConfig(names=["hole_knn_recon"], knn_k=4, knn_recon_weight=1.5)
+    # The joint vacancy itself: without the far-statistics guard (tested on its own below).
+    settings = ScoreConfig(names=["hole_knn_recon"], knn_k=4, knn_recon_weight=1.5, knn_recon_guard=None)
     reference = build_reference(latents, "euclidean", settings, log_stats)
 
     own = torch.cdist(latents.double(), latents.double()).fill_diagonal_(float("inf"))
@@ -168,7 +169,7 @@ def test_hole_knn_recon_is_the_mean_distance_in_the_joint_space_scaled_by_the_in
     )
     assert scores[0] < inlier_vacancy.max() < min(scores[1], scores[2])
     # The detector API is the same score, for latents and statistics of any model.
-    detector = HoleDetector(k=4, relative_recon_weight=1.5).fit(latents, log_stats)
+    detector = HoleDetector(k=4, relative_recon_weight=1.5, recon_guard=None).fit(latents, log_stats)
     torch.testing.assert_close(detector.score(queries["latent"], queries["log_recon_statistics"]), scores)
     with pytest.raises(ValueError, match="joint space"):
         detector.score(queries["latent"])
@@ -180,6 +181,48 @@ def test_hole_knn_recon_is_the_mean_distance_in_the_joint_space_scaled_by_the_in
         .fit(latents, log_stats[:, :1])
         .score(queries["latent"], queries["log_recon_statistics"][:, :1]),
     )
+
+
+def test_the_far_statistics_guard_adds_only_the_excess_beyond_the_inliers_range() -> None:
+    """Brute force against docs/method.md 4.1 (the far-statistics guard): an input whose statistics
+    lie among the inliers' keeps the joint vacancy exactly; one far beyond them gets the excess of
+    its statistics-only vacancy over the inliers' q-quantile added, in the joint space's units."""
+    generator = torch.Generator().manual_seed(4)
+    latents = torch.randn(300, 3, generator=generator, dtype=torch.float64)
+    log_stats = torch.randn(300, 2, generator=generator, dtype=torch.float64)
+    settings = ScoreConfig(names=["hole_knn_recon"], knn_k=3, knn_recon_guard=0.99)
+    plain_settings = ScoreConfig(names=["hole_knn_recon"], knn_k=3, knn_recon_guard=None)
+    reference = build_reference(latents, "euclidean", settings, log_stats)
+    plain = build_reference(latents, "euclidean", plain_settings, log_stats)
+    weights = reference.recon_weights
+    assert weights is not None and plain.guard_threshold is None
+
+    block = log_stats * weights
+    own = torch.cdist(block, block).fill_diagonal_(float("inf")).topk(3, largest=False).values.mean(1)
+    threshold = torch.quantile(own, 0.99)
+    torch.testing.assert_close(reference.guard_threshold, threshold)
+
+    # Query 0: an inlier's statistics (within range); query 1: statistics far beyond every inlier's.
+    queries = {
+        "latent": latents[:2] + 0.01,
+        "log_recon_statistics": torch.stack([log_stats[0], torch.tensor([12.0, -9.0], dtype=torch.float64)]),
+    }
+    guarded = REFERENCE_SCORES["hole_knn_recon"](queries, reference, settings)
+    unguarded = REFERENCE_SCORES["hole_knn_recon"](queries, plain, plain_settings)
+    asked = queries["log_recon_statistics"] * weights
+    vacancy = torch.cdist(asked, block).topk(3, largest=False).values.mean(1)
+    assert vacancy[0] <= threshold < vacancy[1]
+    torch.testing.assert_close(guarded[0], unguarded[0])
+    torch.testing.assert_close(guarded[1], unguarded[1] + vacancy[1] - threshold)
+    # The detector API computes the same score.
+    detector = HoleDetector(k=3, recon_guard=0.99).fit(latents, log_stats)
+    torch.testing.assert_close(detector.score(queries["latent"], queries["log_recon_statistics"]), guarded)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5, -0.1])
+def test_the_guard_must_be_a_quantile(quantile: float) -> None:
+    with pytest.raises(ValueError, match=r"'scores.knn_recon_guard'=.* must be a quantile in \(0, 1\)"):
+        ScoreConfig(knn_recon_guard=quantile)
 
 
 @torch.no_grad()
