@@ -316,8 +316,60 @@ def cached_selection(run: StudyRun) -> dict[str, Any] | None:
     return result
 
 
-def select_winner(selection: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The README's rule over admissible (candidate, hole score) pairs with both benchmarks measured."""
+COLLAPSE_CHECK_IMAGES = 2000
+
+
+@torch.no_grad()
+def is_collapsed(run_dir: Path) -> bool:
+    """Whether the run's selected checkpoint has collapsed (README, the rule's amendment):
+    hole_knn_recon's scales cannot be set from its first COLLAPSE_CHECK_IMAGES training inliers
+    with statistics [sq, ce, kl] (``scoring.joint.joint_weights`` raises). Training inliers only."""
+    from datamodules.ood_datamodule import OODDataModule
+    from lightning_modules.factory import load_model
+    from scoring.evaluation import concatenate, reference_record
+    from scoring.joint import DegenerateReferenceError, joint_weights
+
+    config = OmegaConf.load(run_dir / "config.yaml")
+    model = load_model(best_checkpoint(run_dir)).eval()
+    datamodule = OODDataModule({**OmegaConf.to_container(config.data), "outliers": []})  # type: ignore[dict-item]
+    datamodule.setup("fit")
+    recording = ScoreConfig(names=["hole_knn_recon"], knn_recon_features=list(RECON_FEATURES))
+    records, count = [], 0
+    for x, _, _ in datamodule.reference_dataloader():
+        records.append(reference_record(model, x, recording))
+        count += len(x)
+        if count >= COLLAPSE_CHECK_IMAGES:
+            break
+    trained = concatenate(records)
+    try:
+        joint_weights(
+            trained["latent"][:COLLAPSE_CHECK_IMAGES],
+            trained["log_recon_statistics"][:COLLAPSE_CHECK_IMAGES],
+            3,
+            1.0,
+        )
+    except DegenerateReferenceError:
+        return True
+    return False
+
+
+def cached_collapse(run: StudyRun) -> bool | None:
+    """``is_collapsed`` of a finished run, kept in its folder (collapse.json); None while unfinished."""
+    path = run.trial.out_dir / "collapse.json"
+    if path.is_file():
+        return bool(json.loads(path.read_text())["collapsed"])
+    if not (run.trial.out_dir / "results.json").is_file():
+        return None
+    collapsed = is_collapsed(run.trial.out_dir)
+    write_json(path, {"collapsed": collapsed, "checkpoint": best_checkpoint(run.trial.out_dir).name})
+    return collapsed
+
+
+def select_winner(
+    selection: dict[str, dict[str, Any]], collapsed: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The README's rule over admissible (candidate, hole score) pairs with both benchmarks measured;
+    ``collapsed`` names the candidates with a collapsed checkpoint among their seeds (inadmissible)."""
     rows = []
     for candidate, by_benchmark in selection.items():
         if set(by_benchmark) != set(BENCHMARKS):
@@ -328,7 +380,8 @@ def select_winner(selection: dict[str, dict[str, Any]]) -> tuple[dict[str, Any],
                 {
                     "candidate": candidate,
                     "score": score,
-                    "admissible": CANDIDATES[candidate]["compact"],
+                    "admissible": CANDIDATES[candidate]["compact"] and candidate not in collapsed,
+                    "collapsed": candidate in collapsed,
                     "worst": min(values),
                     "mean": statistics.fmean(values),
                     "val_elbo": statistics.fmean(result["val_elbo"] for result in by_benchmark.values()),
@@ -497,6 +550,12 @@ def confirmation_markdown(winner: dict[str, Any], table: dict[str, Any], size: s
     return "\n".join(lines) + "\n"
 
 
+def admissibility(row: dict[str, Any]) -> str:
+    if row["admissible"]:
+        return "yes"
+    return "no (a seed collapsed)" if row.get("collapsed") else "no"
+
+
 def markdown(
     winner: dict[str, Any], rows: list[dict[str, Any]], table: dict[str, Any], candidates: list[str]
 ) -> str:
@@ -511,7 +570,7 @@ def markdown(
     for row in sorted(rows, key=lambda row: -row["worst"]):
         mark = " **(winner)**" if row is winner else ""
         lines.append(
-            f"| `{row['candidate']}`{mark} | `{row['score']}` | {'yes' if row['admissible'] else 'no'} | "
+            f"| `{row['candidate']}`{mark} | `{row['score']}` | {admissibility(row)} | "
             f"{row['worst']:.3f} | {row['mean']:.3f} | {row['val_elbo']:.1f} |"
         )
     lines += ["", "**Test AUROC** (mean ± std over seeds; `n` = seeds)", ""]
@@ -633,7 +692,8 @@ def main(arguments: list[str] | None = None) -> None:
             found = cached_selection(run)
             if found is not None:
                 selection.setdefault(run.candidate, {})[run.benchmark] = found
-    winner, rows = select_winner(selection)
+    collapsed = frozenset(run.candidate for run in runs if cached_collapse(run))
+    winner, rows = select_winner(selection, collapsed)
     if args.stage in ("confirm", "all") and winner:
         confirmations = confirm_trials(runs, winner, args.confirm_max_eval_samples, args.confirm_scores)
         run_trials(confirmations, args.out_dir / "logs", args.jobs)

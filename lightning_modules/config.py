@@ -30,8 +30,8 @@ class ModelConfig:
     # gaussian, alexandroff (latents on a sphere), lipschitz (fixed-Lipschitz encoder), or both.
     variant: str = "alexandroff"
     # Dimension of the latent space (for the alexandroff variants: of the sphere S^d it lies on).
-    # 16: round 5 of the selection rule (README, "Choosing the default").
-    latent_dim: int = 16
+    # 32: round 5 of the selection rule, as amended (README, "Choosing the default").
+    latent_dim: int = 32
     # Channels of the first convolution; the later ones are multiples of it (even: MaxMin pairs).
     width: int = 8
     # Units of the fully connected layer of the encoder and decoder (even: MaxMin pairs).

@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from scoring.config import ScoreConfig
-from scoring.joint import guard_excess, guard_threshold, joint_points, joint_vacancy, joint_weights
+from scoring.joint import guard_threshold, joint_points, joint_score, joint_weights
 from scoring.knn import KnnMetric, KnnStatistic, hole_knn_score, reference_kth_distances
 
 
@@ -60,8 +60,9 @@ class HoleDetector:
             )
             self._joint = joint_points(reference_latents, log_statistics, self._weights)
             if self.recon_guard is not None:
-                block = self._joint[:, reference_latents.shape[1] :]
-                self._guard_threshold = guard_threshold(block, self.k, self.recon_guard, self.chunk_size)
+                self._guard_threshold = guard_threshold(
+                    self._joint, reference_latents.shape[1], self.k, self.recon_guard, self.chunk_size
+                )
         elif self.statistic == "relative":
             self._reference_kth = reference_kth_distances(
                 reference_latents, self.k, self.metric, self.chunk_size
@@ -78,16 +79,15 @@ class HoleDetector:
                 "pass log_statistics to both fit() and score(), or to neither."
             )
         if self._joint is not None and self._weights is not None and log_statistics is not None:
-            vacancy = joint_vacancy(
-                latents, log_statistics, self._joint, self._weights, self.k, self.chunk_size
+            return joint_score(
+                latents,
+                log_statistics,
+                self._joint,
+                self._weights,
+                self._guard_threshold,
+                self.k,
+                self.chunk_size,
             )
-            if self._guard_threshold is None:
-                return vacancy
-            block = self._joint[:, self._reference.shape[1] :]
-            excess = guard_excess(
-                log_statistics, block, self._weights, self._guard_threshold, self.k, self.chunk_size
-            )
-            return vacancy + excess
         return hole_knn_score(
             latents,
             self._reference,

@@ -156,7 +156,8 @@ def build_reference(
         reference.joint = joint_points(latents, log_recon_statistics, reference.recon_weights)
         if settings.knn_recon_guard is not None:
             reference.guard_threshold = guard_threshold(
-                reference.joint[:, latents.shape[1] :],
+                reference.joint,
+                latents.shape[1],
                 settings.knn_k,
                 settings.knn_recon_guard,
                 settings.knn_chunk_size,

@@ -6,7 +6,7 @@ Each input becomes the point ``[l(x), w_1 * log s_1(x), ..., w_E * log s_E(x)]``
 the reconstruction, KL of the posterior); its vacancy is the mean Euclidean distance to the k
 nearest training inliers in that space. Each ``w_e`` comes from the inliers alone
 (``joint_weights``), so one weight setting means the same for any model and any statistic. The
-optional far-statistics guard (``guard_threshold``, ``guard_excess``) adds how far an input's
+optional far-statistics guard (``guard_threshold``, ``joint_score``) adds how far an input's
 statistics alone lie beyond the inliers' range. Plain tensors in, plain tensors out: the score
 registry and ``HoleDetector`` share these functions.
 """
@@ -111,24 +111,31 @@ def statistics_block(log_statistics: Tensor, weights: Tensor) -> Tensor:
 
 
 def guard_threshold(
-    reference_block: Tensor, k: int, quantile: float, chunk_size: int | None = None
+    joint_reference: Tensor, latent_dim: int, k: int, quantile: float, chunk_size: int | None = None
 ) -> Tensor:
     """The ``quantile`` of the reference inliers' own (leave-one-out) mean distance to their k
-    nearest others in the statistics block: where the inliers' range of statistics ends."""
-    own, _ = knn_distances(reference_block, reference_block, k, "euclidean", chunk_size, exclude_self=True)
+    nearest others in the statistics block of their joint points (the columns after the first
+    ``latent_dim``): where the inliers' range of statistics ends."""
+    block = joint_reference[:, latent_dim:]
+    own, _ = knn_distances(block, block, k, "euclidean", chunk_size, exclude_self=True)
     return torch.quantile(own.double().mean(dim=1), quantile)
 
 
-def guard_excess(
+def joint_score(
+    latents: Tensor,
     log_statistics: Tensor,
-    reference_block: Tensor,
+    joint_reference: Tensor,
     weights: Tensor,
-    threshold: Tensor,
+    guard: Tensor | None,
     k: int,
     chunk_size: int | None = None,
 ) -> Tensor:
-    """``[N]`` how far each input's vacancy in the statistics block exceeds ``threshold`` (0 within
-    it), in the joint space's units (docs/method.md 4.1, the far-statistics guard)."""
-    queries = statistics_block(log_statistics, weights)
-    distances, _ = knn_distances(queries, reference_block, k, "euclidean", chunk_size)
-    return (distances.double().mean(dim=1) - threshold).clamp_min(0)
+    """``[N]`` hole_knn_recon: the joint vacancy, plus with a ``guard`` threshold
+    (``guard_threshold``) how far each input's vacancy in the statistics block alone exceeds it (0
+    within it), in the joint space's units (docs/method.md 4.1, the far-statistics guard)."""
+    vacancy = joint_vacancy(latents, log_statistics, joint_reference, weights, k, chunk_size)
+    if guard is None:
+        return vacancy
+    block = joint_reference[:, latents.shape[1] :]
+    distances, _ = knn_distances(statistics_block(log_statistics, weights), block, k, "euclidean", chunk_size)
+    return vacancy + (distances.double().mean(dim=1) - guard).clamp_min(0)

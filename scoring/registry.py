@@ -24,7 +24,7 @@ from torch import Tensor
 
 from scoring.config import SCORE_NAMES, ScoreConfig
 from scoring.input_complexity import input_complexity_score
-from scoring.joint import cross_entropy, guard_excess, joint_vacancy, log_statistic, squared_error
+from scoring.joint import cross_entropy, joint_score, log_statistic, squared_error
 from scoring.knn import hole_knn_score
 from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
 from scoring.model import Encoding, ImportanceSamples, ScoringModel, batch_invariant_encoding
@@ -242,21 +242,10 @@ def hole_knn_recon(columns: dict[str, Tensor], reference: ReferenceLatents, sett
         raise ValueError(
             "hole_knn_recon needs a reference built with the inliers' reconstruction statistics."
         )
-    log_statistics = columns["log_recon_statistics"]
-    vacancy = joint_vacancy(
+    return joint_score(
         columns["latent"],
-        log_statistics,
+        columns["log_recon_statistics"],
         reference.joint,
-        reference.recon_weights,
-        settings.knn_k,
-        settings.knn_chunk_size,
-    )
-    if reference.guard_threshold is None:
-        return vacancy
-    dim = reference.latents.shape[1]
-    return vacancy + guard_excess(
-        log_statistics,
-        reference.joint[:, dim:],
         reference.recon_weights,
         reference.guard_threshold,
         settings.knn_k,

@@ -103,3 +103,19 @@ def test_a_confirmation_of_the_hole_score_alone_takes_the_baselines_from_earlier
     )
     assert cells["neg_elbo"]["alexandroff_d32_e10"] == {"mean": 0.4, "std": 0.0, "seeds": 1}
     assert "recon" not in cells
+
+
+def test_a_candidate_with_a_collapsed_seed_is_inadmissible() -> None:
+    """The rule's amendment: the best admissible row wins; a collapsed candidate's rows stay in the
+    table, marked, and cannot win even with the higher worst case."""
+
+    def measured(worst: float) -> dict[str, Any]:
+        aurocs = {score: {"blur": worst, "mixup": 0.99} for score in compact_study.HOLE_SCORES}
+        return {benchmark: {"auroc": aurocs, "val_elbo": -100.0} for benchmark in compact_study.BENCHMARKS}
+
+    selection = {"alexandroff_e10": measured(0.95), "alexandroff_d32_e10": measured(0.90)}
+    winner, rows = compact_study.select_winner(selection, frozenset({"alexandroff_e10"}))
+    assert winner["candidate"] == "alexandroff_d32_e10"
+    assert {row["admissible"] for row in rows if row["candidate"] == "alexandroff_e10"} == {False}
+    assert compact_study.admissibility(rows[0]) == "no (a seed collapsed)"
+    assert compact_study.select_winner(selection)[0]["candidate"] == "alexandroff_e10"

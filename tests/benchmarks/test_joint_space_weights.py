@@ -7,16 +7,25 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 from benchmarks import compact_study, joint_space_weights
 from experiments import train as train_cli
+from scoring import joint
 from tests.helpers import one_thread, tiny_overrides
 
 
-def test_the_default_weight_reproduces_the_runs_own_test_aurocs(data_dir: Path, tmp_path: Path) -> None:
+def refuse(*arguments: Any, **keywords: Any) -> Tensor:
+    raise joint.DegenerateReferenceError("collapsed")
+
+
+def test_the_default_weight_reproduces_the_runs_own_test_aurocs(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(
         run_dir,
@@ -51,6 +60,12 @@ def test_the_default_weight_reproduces_the_runs_own_test_aurocs(data_dir: Path, 
         selected = compact_study.selection_metrics(run_dir, ["hole_knn_recon_ce_kl_w2"])
     assert selected["auroc"]["hole_knn_recon_ce_kl_w2"] == pytest.approx(result["selection"]["2"], abs=1e-12)
     assert result["selection"]["0"] != result["selection"]["inf"]
+
+    # The study's collapse check (training inliers only) passes a healthy model, and flags one
+    # whose joint scales cannot be set.
+    assert not compact_study.is_collapsed(run_dir)
+    monkeypatch.setattr(joint, "joint_weights", refuse)
+    assert compact_study.is_collapsed(run_dir)
 
     # The report: one row per (model, inlier set, outlier set), the suite's worst case, a figure.
     summary = {group: joint_space_weights.summarise([result], group) for group in ("selection", "test")}
