@@ -278,13 +278,21 @@ def record_sets(
     return concatenate(records)
 
 
-def record_reference(model: Any, datamodule: Any, recording: ScoreConfig) -> dict[str, torch.Tensor]:
-    """The reference columns (latents, recorded statistics) of the run's training inliers."""
+def record_reference(
+    model: Any, datamodule: Any, recording: ScoreConfig, limit: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The reference columns (latents, recorded statistics) of the run's training inliers (the first
+    ``limit`` of them; None = all)."""
     from scoring.evaluation import concatenate, reference_record
 
-    return concatenate(
-        [reference_record(model, x, recording) for x, _, _ in datamodule.reference_dataloader()]
-    )
+    records, count = [], 0
+    for x, _, _ in datamodule.reference_dataloader():
+        if limit is not None and count >= limit:
+            break
+        records.append(reference_record(model, x, recording))
+        count += len(x)
+    columns = concatenate(records)
+    return columns if limit is None else {name: column[:limit] for name, column in columns.items()}
 
 
 def own_statistics(columns: dict[str, torch.Tensor], scores: ScoreConfig) -> torch.Tensor | None:
@@ -326,7 +334,6 @@ def is_collapsed(run_dir: Path) -> bool:
     with statistics [sq, ce, kl] (``scoring.joint.joint_weights`` raises). Training inliers only."""
     from datamodules.ood_datamodule import OODDataModule
     from lightning_modules.factory import load_model
-    from scoring.evaluation import concatenate, reference_record
     from scoring.joint import DegenerateReferenceError, joint_weights
 
     config = OmegaConf.load(run_dir / "config.yaml")
@@ -334,20 +341,9 @@ def is_collapsed(run_dir: Path) -> bool:
     datamodule = OODDataModule({**OmegaConf.to_container(config.data), "outliers": []})  # type: ignore[dict-item]
     datamodule.setup("fit")
     recording = ScoreConfig(names=["hole_knn_recon"], knn_recon_features=list(RECON_FEATURES))
-    records, count = [], 0
-    for x, _, _ in datamodule.reference_dataloader():
-        records.append(reference_record(model, x, recording))
-        count += len(x)
-        if count >= COLLAPSE_CHECK_IMAGES:
-            break
-    trained = concatenate(records)
+    trained = record_reference(model, datamodule, recording, COLLAPSE_CHECK_IMAGES)
     try:
-        joint_weights(
-            trained["latent"][:COLLAPSE_CHECK_IMAGES],
-            trained["log_recon_statistics"][:COLLAPSE_CHECK_IMAGES],
-            3,
-            1.0,
-        )
+        joint_weights(trained["latent"], trained["log_recon_statistics"], 3, 1.0)
     except DegenerateReferenceError:
         return True
     return False
