@@ -43,6 +43,7 @@ from common.atomic_io import atomic_open, write_json
 from datamodules.corruptions import SELECTION_CORRUPTIONS, corrupt
 from scoring.config import ScoreConfig
 from scoring.detectors import HoleDetector
+from scoring.joint import joint_weights, statistics_block
 from scoring.metrics import ood_metrics
 
 DEFAULT_WEIGHTS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf]
@@ -56,10 +57,11 @@ def weighted_scores(
     if weight == 0:
         return HoleDetector(k=k, statistic="mean_distance").fit(latents).score(queries["latent"])
     if math.isinf(weight):
-        quartiles = torch.quantile(statistics_, torch.tensor([0.25, 0.75], dtype=torch.float64), dim=0)
-        spread = quartiles[1] - quartiles[0]
-        detector = HoleDetector(k=k, statistic="mean_distance").fit(statistics_ / spread)
-        return detector.score(queries["log_recon_statistics"] / spread)
+        # The joint space's own statistics block (each statistic over its inlier IQR, times one
+        # common factor that no ranking sees).
+        scales = joint_weights(latents, statistics_, k, 1.0)
+        detector = HoleDetector(k=k, statistic="mean_distance").fit(statistics_block(statistics_, scales))
+        return detector.score(statistics_block(queries["log_recon_statistics"], scales))
     detector = HoleDetector(k=k, relative_recon_weight=weight, recon_guard=None).fit(latents, statistics_)
     return detector.score(queries["latent"], queries["log_recon_statistics"])
 
