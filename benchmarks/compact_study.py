@@ -534,11 +534,19 @@ def confirmation_markdown(winner: dict[str, Any], table: dict[str, Any], size: s
     ]
     for (benchmark, outlier), target in TARGETS.items():
         by_score = table.get(benchmark, {}).get(outlier, {})
-        cells = [show(by_score.get(score, {}).get(winner["candidate"]))]
+        own = by_score.get(score, {}).get(winner["candidate"])
+        cells = [show(own)]
         cells += [show(by_score.get(score, {}).get(name)) for name in classical]
+        # The best of many one-seed cells is biased upwards against a mean over seeds: the classical
+        # best counts only forms measured on at least as many seeds as the winner's cell.
+        seeds = own["seeds"] if own else 1
         for name in classical:
             best = max(
-                ((by[name]["mean"], found_score) for found_score, by in by_score.items() if name in by),
+                (
+                    (by[name]["mean"], found_score)
+                    for found_score, by in by_score.items()
+                    if name in by and by[name]["seeds"] >= seeds
+                ),
                 default=None,
             )
             cells.append("n/a" if best is None else f"{best[0]:.3f} (`{best[1]}`)")

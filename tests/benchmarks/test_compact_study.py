@@ -119,3 +119,28 @@ def test_a_candidate_with_a_collapsed_seed_is_inadmissible() -> None:
     assert {row["admissible"] for row in rows if row["candidate"] == "alexandroff_e10"} == {False}
     assert compact_study.admissibility(rows[0]) == "no (a seed collapsed)"
     assert compact_study.select_winner(selection)[0]["candidate"] == "alexandroff_e10"
+
+
+def test_the_classical_best_counts_only_forms_measured_on_as_many_seeds_as_the_winner() -> None:
+    winner = {"candidate": "alexandroff_d32_e10", "score": "hole_knn_recon_ce_kl_w2"}
+    form = compact_study.score_form(*compact_study.HOLE_SCORES[winner["score"]])
+
+    def cell(mean: float, seeds: int) -> dict[str, float]:
+        return {"mean": mean, "std": 0.0, "seeds": seeds}
+
+    table = {
+        "fashion_mnist": {
+            "constant": {
+                form: {"alexandroff_d32_e10": cell(0.99, 3), "gaussian_e10": cell(0.95, 3)},
+                "recon": {"gaussian_e10": cell(0.97, 3), "gaussian_e3": cell(0.999, 1)},
+                "neg_elbo": {"gaussian_e10": cell(0.998, 1), "gaussian_e3": cell(0.96, 3)},
+            }
+        }
+    }
+    row = next(
+        line
+        for line in compact_study.confirmation_markdown(winner, table, "test").splitlines()
+        if line.startswith("| fashion_mnist | constant |")
+    )
+    # Columns: winner, same score per classical row (e3, e10, d32), best per classical row.
+    assert row.split(" | ")[-4:-1] == ["0.960 (`neg_elbo`)", "0.970 (`recon`)", "n/a"]
