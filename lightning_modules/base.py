@@ -234,16 +234,32 @@ class BaseVAE(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0]
         log_lik, kl = self.elbo_terms(x)
-        loss = (kl - log_lik).mean()
+        kl_weight = self.kl_weight()
+        loss = (kl_weight * kl - log_lik).mean()  # the negative ELBO once any KL warm-up is over
         if not torch.isfinite(loss):
             raise FloatingPointError(self._divergence_message(f"the training loss became {loss.item()}"))
         self.log_dict(
-            {"train/loss": loss, "train/log_likelihood": log_lik.mean(), "train/kl": kl.mean()},
+            {
+                "train/loss": loss,
+                "train/log_likelihood": log_lik.mean(),
+                "train/kl": kl.mean(),
+                "train/kl_weight": kl_weight,
+            },
             on_step=True,
             on_epoch=True,
             prog_bar=False,
         )
         return loss
+
+    def kl_weight(self) -> float:
+        """The KL term's weight in this optimiser step: linear from 1/n to 1 over the n steps of
+        ``optim.kl_warmup_epochs``. Counted in optimiser steps, so a resumed run continues the ramp
+        where it stopped and gradient accumulation stretches nothing."""
+        warmup_epochs = self.hparams["optim"].get("kl_warmup_epochs", 0.0)  # absent in older checkpoints
+        if warmup_epochs <= 0:
+            return 1.0
+        steps_per_epoch = self.trainer.estimated_stepping_batches / max(1, self.trainer.max_epochs or 1)
+        return min(1.0, (self.global_step + 1) / (warmup_epochs * steps_per_epoch))
 
     def _log_inlier_elbo(self, batch: tuple[Tensor, Tensor, Tensor], dataloader_idx: int, stage: str) -> None:
         # Dataloader 0 is the inlier set; outlier sets are scored by the OOD callback only, so

@@ -106,8 +106,14 @@ class OptimConfig:
     weight_decay: float = 0.0
     # Learning-rate schedule over trainer.max_epochs: cosine (to 0) or none.
     scheduler: str = "cosine"
+    # Epochs over which the training loss's KL weight rises linearly from 0 to 1 (0: the ELBO from
+    # the first step). The standard remedy for posterior collapse, which the sphere's training can
+    # fall into (README, "Where the targets stand"); the validation ELBO that selects checkpoints
+    # always weighs the KL fully.
+    kl_warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         check_at_least("optim.lr", self.lr, 0, strict=True)
         check_at_least("optim.weight_decay", self.weight_decay, 0)
+        check_at_least("optim.kl_warmup_epochs", self.kl_warmup_epochs, 0)
         check_choice("optim.scheduler", self.scheduler, SCHEDULER_CHOICES)

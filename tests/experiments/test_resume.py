@@ -3,7 +3,7 @@
 The run is a deterministic CPU config (fixed seed, trainer.deterministic=true) of 2 epochs of 16
 steps with `checkpoints/last.ckpt` every 4 steps. The kill comes once a step checkpoint of the
 second epoch exists, so the resume has to restore a position inside an epoch's shuffle, the random
-state, and the first epoch's best-checkpoint bookkeeping.
+state, the first epoch's best-checkpoint bookkeeping and the KL warm-up's ramp.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ SETTINGS = {
     "data.eval_batch_size": "64",
     "trainer.max_epochs": "2",
     "trainer.deterministic": "true",
+    # The kill lands inside the KL warm-up's ramp (24 steps): the resume must continue it exactly.
+    "optim.kl_warmup_epochs": "1.5",
     "checkpoint_every_n_steps": "4",
     "scores.names": "[neg_elbo,hole_posterior,hole_knn]",
     "scores.knn_reference_size": "100",
