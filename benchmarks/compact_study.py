@@ -52,17 +52,20 @@ def candidate(
     lipschitz: float | None = None,
     latent_dim: int = 16,
     compact: bool = True,
+    kl_warmup_epochs: float = 0.0,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One training candidate's spec: overrides of the default experiment (`extra`: any further
-    config keys, e.g. {"model.lipschitz_layers": "aol"}). Every candidate names its latent dimension,
-    so a change of the default experiment cannot change an old candidate."""
+    config keys, e.g. {"model.lipschitz_layers": "aol"}). Every candidate names its latent dimension
+    and KL warm-up, so a change of the default experiment cannot change an old candidate."""
     spec = {"compact": compact, "variant": variant, "lipschitz": lipschitz, "epochs": epochs}
-    return {**spec, "latent_dim": latent_dim, **({"extra": extra} if extra else {})}
+    spec |= {"latent_dim": latent_dim, "kl_warmup_epochs": kl_warmup_epochs}
+    return {**spec, **({"extra": extra} if extra else {})}
 
 
 # Training candidates. `compact` says whether the candidate is admissible as the default (the
-# classical VAE is the comparison row only). Round 4 added the latent dimension of the sphere.
+# classical VAE is the comparison row only). Round 4 added the latent dimension of the sphere,
+# round 6 the KL warm-up.
 CANDIDATES: dict[str, dict[str, Any]] = {
     "alexandroff_lipschitz_L1_e3": candidate("alexandroff_lipschitz", 3, lipschitz=1.0),
     "alexandroff_lipschitz_L1_e10": candidate("alexandroff_lipschitz", 10, lipschitz=1.0),
@@ -72,6 +75,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         "alexandroff_lipschitz", 10, lipschitz=1.0, extra={"model.lipschitz_layers": "aol"}
     ),
     **{f"alexandroff_d{dim}_e10": candidate("alexandroff", 10, latent_dim=dim) for dim in (8, 32)},
+    # Round 6: the sphere at d = 16 and 32 with one epoch of KL warm-up (posterior collapse).
+    "alexandroff_kl1_e10": candidate("alexandroff", 10, kl_warmup_epochs=1.0),
+    "alexandroff_d32_kl1_e10": candidate("alexandroff", 10, latent_dim=32, kl_warmup_epochs=1.0),
     "gaussian_e3": candidate("gaussian", 3, compact=False),
     "gaussian_e10": candidate("gaussian", 10, compact=False),
     # The classical VAE at round 4's default latent dimension: the matched comparison row of round 4.
@@ -167,6 +173,7 @@ def candidate_overrides(name: str) -> list[str]:
         f"model.lipschitz={lipschitz}",
         f"trainer.max_epochs={spec['epochs']}",
         f"model.latent_dim={spec['latent_dim']}",
+        f"optim.kl_warmup_epochs={spec['kl_warmup_epochs']}",
         *(f"{key}={value}" for key, value in spec.get("extra", {}).items()),
     ]
 

@@ -23,6 +23,7 @@ def test_candidate_command_builds_the_config_of_its_spec(candidate: str, tmp_pat
     assert config.model.lipschitz == spec["lipschitz"]
     assert config.trainer.max_epochs == spec["epochs"]
     assert config.model.latent_dim == spec["latent_dim"]
+    assert config.optim.kl_warmup_epochs == spec["kl_warmup_epochs"]
     for key, value in spec.get("extra", {}).items():
         section, name = key.split(".")
         assert config[section][name] == value
