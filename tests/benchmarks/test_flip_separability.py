@@ -13,7 +13,7 @@ import torch
 from benchmarks import flip_separability
 from datamodules.sources import ImageSet
 from experiments import train as train_cli
-from tests.helpers import one_thread, tiny_overrides
+from tests.helpers import QUICK, one_thread, tiny_overrides
 
 
 def image_set(images: torch.Tensor) -> ImageSet:
@@ -78,14 +78,7 @@ def test_per_class_aurocs_add_up_to_the_runs_auroc(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(
         run_dir,
-        **{
-            "data.outliers": "[hflip]",
-            "scores.names": "[recon,hole_knn]",
-            "scores.val_every_n_epochs": "0",
-            "trainer.limit_train_batches": "3",
-            "logger.mode": "disabled",
-            "plots.enabled": "false",
-        },
+        **{**QUICK, "data.outliers": "[hflip]", "scores.names": "[recon,hole_knn]"},
     )
     with one_thread():
         assert train_cli.run_cli(train_cli.main, overrides) == 0

@@ -16,7 +16,7 @@ from torch import Tensor
 from benchmarks import compact_study, joint_space_weights
 from experiments import train as train_cli
 from scoring import joint
-from tests.helpers import one_thread, tiny_overrides
+from tests.helpers import QUICK, one_thread, tiny_overrides
 
 
 def refuse(*arguments: Any, **keywords: Any) -> Tensor:
@@ -30,6 +30,7 @@ def test_the_default_weight_reproduces_the_runs_own_test_aurocs(
     overrides = tiny_overrides(
         run_dir,
         **{
+            **QUICK,
             "model.variant": "alexandroff",
             "model.lipschitz": "null",
             "data.outliers": "[mnist,constant]",
@@ -37,10 +38,6 @@ def test_the_default_weight_reproduces_the_runs_own_test_aurocs(
             "scores.knn_k": "3",
             "scores.knn_reference_size": "null",
             "scores.knn_recon_guard": "null",  # the analysis is of the unguarded joint space
-            "scores.val_every_n_epochs": "0",
-            "trainer.limit_train_batches": "3",
-            "logger.mode": "disabled",
-            "plots.enabled": "false",
         },
     )
     with one_thread():
