@@ -108,9 +108,9 @@ class OptimConfig:
     scheduler: str = "cosine"
     # Epochs over which the training loss's KL weight rises linearly from 0 to 1 (0: the ELBO from
     # the first step). The standard remedy for posterior collapse, which the sphere's training can
-    # fall into (README, "Where the targets stand"); the validation ELBO that selects checkpoints
-    # always weighs the KL fully.
-    kl_warmup_epochs: float = 0.0
+    # fall into; one epoch is round 6 of the selection rule's choice (README, "Choosing the
+    # default"). The validation ELBO that selects checkpoints always weighs the KL fully.
+    kl_warmup_epochs: float = 1.0
 
     def __post_init__(self) -> None:
         check_at_least("optim.lr", self.lr, 0, strict=True)
