@@ -58,14 +58,15 @@ class ScoreConfig:
     # counts as this many typical neighbour distances in the latent space (docs/method.md 4.1).
     knn_recon_weight: float = 1.0
     # The statistics hole_knn_recon places beside the latent, each as one log coordinate
-    # (RECON_FEATURES). The default (squared error and cross-entropy, weight 1, k = 3) is round 6 of
-    # the selection rule's choice (README, "Choosing the default"); [squared_error] is round 3's.
+    # (RECON_FEATURES). The default (squared error and cross-entropy, weight 1, k = 3, guard 0.99)
+    # is round 7 of the selection rule's choice (README, "Choosing the default"); [squared_error]
+    # is round 3's.
     knn_recon_features: list[str] = field(default_factory=lambda: ["squared_error", "cross_entropy"])
-    # hole_knn_recon's far-statistics guard (docs/method.md 4.1): null = none (the default since
-    # round 6 of the selection rule); q in (0, 1) adds how far an input's vacancy among the inliers'
-    # statistics alone exceeds the q-quantile of the inliers' own, so inputs whose statistics lie
-    # beyond the inliers' range score higher (round 5's default was 0.99).
-    knn_recon_guard: float | None = None
+    # hole_knn_recon's far-statistics guard (docs/method.md 4.1): null = none; q in (0, 1) adds how
+    # far an input's vacancy among the inliers' statistics alone exceeds the q-quantile of the
+    # inliers' own, so inputs whose statistics lie beyond the inliers' range score higher. 0.99
+    # since round 7 of the selection rule (round 6's default had none).
+    knn_recon_guard: float | None = 0.99
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     # Queries per block of the exact kNN search (null: sized from a fixed memory budget).
