@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import compact_study, joint_space_weights
+from benchmarks.common import default_config
 from experiments import train as train_cli
 from scoring import joint
 from tests.helpers import QUICK, one_thread, tiny_overrides
@@ -23,10 +24,25 @@ def refuse(*arguments: Any, **keywords: Any) -> Tensor:
     raise joint.DegenerateReferenceError("collapsed")
 
 
+def study_form_of_the_default() -> str:
+    """The study's hole-score candidate that is the default's joint space without the guard."""
+    scores = default_config().scores
+    unguarded = {
+        "knn_k": scores.knn_k,
+        "knn_recon_weight": scores.knn_recon_weight,
+        "knn_recon_features": list(scores.knn_recon_features),
+        "knn_recon_guard": None,
+    }
+    (name,) = [name for name, (_, settings) in compact_study.HOLE_SCORES.items() if settings == unguarded]
+    return name
+
+
 def test_the_default_weight_reproduces_the_runs_own_test_aurocs(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "run"
+    weight = float(default_config().scores.knn_recon_weight)
+    label = f"{weight:g}"  # the analysis keys each weight by its %g form
     overrides = tiny_overrides(
         run_dir,
         **{
@@ -42,20 +58,21 @@ def test_the_default_weight_reproduces_the_runs_own_test_aurocs(
     )
     with one_thread():
         assert train_cli.run_cli(train_cli.main, overrides) == 0
-        weights = [0.0, 2.0, 1e9, math.inf]
+        weights = [0.0, weight, 1e9, math.inf]
         result = joint_space_weights.run_aurocs(run_dir, weights, max_eval_samples=150)
 
     own = json.loads((run_dir / "results.json").read_text())["metrics"]
     for outlier in ("mnist", "constant"):
-        assert result["test"]["2"][outlier] == pytest.approx(
+        assert result["test"][label][outlier] == pytest.approx(
             own[outlier]["hole_knn_recon"]["auroc"], abs=1e-12
         )
         # A huge weight ranks like the statistics alone.
         assert result["test"]["1e+09"][outlier] == pytest.approx(result["test"]["inf"][outlier], abs=1e-9)
     # The selection suite is the rule's: the study's select stage gives the same AUROCs.
     with one_thread():
-        selected = compact_study.selection_metrics(run_dir, ["hole_knn_recon_ce_kl_w2"])
-    assert selected["auroc"]["hole_knn_recon_ce_kl_w2"] == pytest.approx(result["selection"]["2"], abs=1e-12)
+        form = study_form_of_the_default()
+        selected = compact_study.selection_metrics(run_dir, [form])
+    assert selected["auroc"][form] == pytest.approx(result["selection"][label], abs=1e-12)
     assert result["selection"]["0"] != result["selection"]["inf"]
 
     # The study's collapse check (training inliers only) passes a healthy model, and flags one
@@ -67,12 +84,12 @@ def test_the_default_weight_reproduces_the_runs_own_test_aurocs(
     # The report: one row per (model, inlier set, outlier set), the suite's worst case, a figure.
     summary = {group: joint_space_weights.summarise([result], group) for group in ("selection", "test")}
     model = result["model"]
-    worst = summary["selection"][f"{model}: fashion_mnist worst case"]["2"]
-    assert worst["mean"] == min(result["selection"]["2"].values()) and worst["n"] == 1
-    table = joint_space_weights.markdown(summary, ["0", "2", "inf"], 1)
-    cells = " | ".join(f"{result['test'][weight]['constant']:.4f} ± 0.0000" for weight in ("0", "2", "inf"))
+    worst = summary["selection"][f"{model}: fashion_mnist worst case"][label]
+    assert worst["mean"] == min(result["selection"][label].values()) and worst["n"] == 1
+    table = joint_space_weights.markdown(summary, ["0", label, "inf"], 1)
+    cells = " | ".join(f"{result['test'][key]['constant']:.4f} ± 0.0000" for key in ("0", label, "inf"))
     assert f"| {model}: fashion_mnist -> constant | {cells} |" in table
-    figure = joint_space_weights.plot(summary, ["0", "2", "inf"], tmp_path / "weights.png")
+    figure = joint_space_weights.plot(summary, ["0", label, "inf"], tmp_path / "weights.png")
     assert figure.read_bytes().startswith(b"\x89PNG")
 
 
