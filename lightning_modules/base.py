@@ -258,7 +258,7 @@ class BaseVAE(pl.LightningModule):
         warmup_epochs = self.hparams["optim"].get("kl_warmup_epochs", 0.0)  # absent in older checkpoints
         if warmup_epochs <= 0:
             return 1.0
-        steps_per_epoch = self.trainer.estimated_stepping_batches / max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
         return min(1.0, (self.global_step + 1) / (warmup_epochs * steps_per_epoch))
 
     def _log_inlier_elbo(self, batch: tuple[Tensor, Tensor, Tensor], dataloader_idx: int, stage: str) -> None:
