@@ -13,8 +13,9 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,32 @@ def write_result(name: str, payload: dict[str, Any], directory: Path = RESULTS_D
     }
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def override_value(value: Any) -> str:
+    """A setting as a command-line override: lists as ``[a,b]``, None as ``null``."""
+    if value is None:
+        return "null"
+    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
+
+
+def evaluate_command(
+    run_dir: Path,
+    out_dir: Path,
+    max_eval_samples: int | None,
+    scores: Sequence[str],
+    settings: dict[str, Any] | None = None,
+) -> list[str]:
+    """`experiments.evaluate` of a training run's selected checkpoint: ``scores`` (with any further
+    ``scores.*`` ``settings``) on ``max_eval_samples`` images per test set (None = every image),
+    without plots or W&B, into ``out_dir``. The one way the studies score a trained run again."""
+    return [
+        sys.executable, "-m", "experiments.evaluate", f"ckpt={run_dir}", f"out_dir={out_dir}",
+        f"data.max_eval_samples={override_value(max_eval_samples)}",
+        f"scores.names=[{','.join(scores)}]",
+        *(f"scores.{key}={override_value(value)}" for key, value in (settings or {}).items()),
+        "plots.enabled=false", "logger.mode=disabled",
+    ]  # fmt: skip
 
 
 def interleaved_times(

@@ -35,7 +35,13 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, hardware_info, write_result
+from benchmarks.common import (
+    DEFAULT_DATA_DIR,
+    RESULTS_DIR,
+    evaluate_command,
+    hardware_info,
+    write_result,
+)
 from benchmarks.quality import BENCHMARKS, REPO_ROOT
 from common.atomic_io import atomic_open, write_json
 from datamodules.corruptions import SELECTION_CORRUPTIONS, corrupt
@@ -433,13 +439,6 @@ def confirmation_results(run: StudyRun, score: str, max_eval_samples: int | None
     return [first, *(path for path in others if path != first)]
 
 
-def override_value(value: Any) -> str:
-    """A setting as a command-line override: lists as ``[a,b]``, None as ``null``."""
-    if value is None:
-        return "null"
-    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
-
-
 def confirm_trials(
     runs: list[StudyRun], winner: dict[str, Any], max_eval_samples: int | None, scores: list[str]
 ) -> list[Trial]:
@@ -449,19 +448,13 @@ def confirm_trials(
     (by default every baseline too); each evaluation lands in RUN/evaluations/confirm_<score>_<size>/."""
     _, settings = HOLE_SCORES[winner["score"]]
     compared = {winner["candidate"]} | {name for name, spec in CANDIDATES.items() if not spec["compact"]}
-    samples = "null" if max_eval_samples is None else max_eval_samples
     trials = []
     for run in runs:
         if run.candidate not in compared or not (run.trial.out_dir / "results.json").is_file():
             continue
         out_dir = confirm_dir(run, winner["score"], max_eval_samples)
         trial = Trial(f"{run.trial.name}_confirm_{winner['score']}", run.trial.parameters, out_dir)
-        trial.command = [
-            sys.executable, "-m", "experiments.evaluate", f"ckpt={run.trial.out_dir}", f"out_dir={out_dir}",
-            f"data.max_eval_samples={samples}", f"scores.names=[{','.join(scores)}]",
-            *(f"scores.{key}={override_value(value)}" for key, value in settings.items()),
-            "plots.enabled=false", "logger.mode=disabled",
-        ]  # fmt: skip
+        trial.command = evaluate_command(run.trial.out_dir, out_dir, max_eval_samples, scores, settings)
         trials.append(trial)
     return trials
 

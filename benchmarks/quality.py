@@ -19,6 +19,12 @@ the hardware, the wall time) and `benchmarks/results/quality.md` (mean and stand
 over seeds of AUROC, AUPR-In and FPR95 per benchmark, score and variant) are written; `python -m
 benchmarks.report` copies the table into the README.
 
+`--whole-test` trains nothing: it scores every finished trial's selected checkpoint again, on every
+image of every test set (the protocol of issue 10's targets), with the default experiment's scores
+or `--whole-test-scores`, through `experiments.evaluate` into DIR/<trial>/evaluations/whole_test_sets/
+(an evaluation whose results.json exists is not run again), and writes
+`benchmarks/results/quality_whole_test.{json,md}` (AUROC, both FPR95 conventions and AUPR-In).
+
 Outlier labels are used only here, for the metrics: model selection never sees them.
 """
 
@@ -29,11 +35,11 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, write_result
+from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, default_config, evaluate_command, write_result
 from common.atomic_io import atomic_open
 from experiments.sweep import Trial, run_trials
 from lightning_modules.config import VARIANTS_BY_NAME
@@ -64,6 +70,9 @@ BUDGET = [
     "logger.mode=disabled",
 ]
 METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "fpr95": "FPR95"}
+# The whole-test table adds the literature's FPR95 (scoring.metrics): outliers accepted at 95% inlier recall.
+WHOLE_TEST_METRICS = {"auroc": "AUROC", "fpr95_in": "FPR95-In", "fpr95": "FPR95", "aupr_in": "AUPR-In"}
+WHOLE_TEST_DIR = Path("evaluations") / "whole_test_sets"
 
 
 @dataclass
@@ -106,13 +115,28 @@ def run_all(trials: list[QualityTrial], overrides: list[str], jobs: int, log_dir
     run_trials([quality_trial.trial for quality_trial in trials], log_dir, jobs)
 
 
-def aggregate(trials: list[QualityTrial]) -> dict[str, Any]:
+def whole_test_trials(trials: list[QualityTrial], scores: list[str]) -> list[QualityTrial]:
+    """An evaluation on the whole test sets of every trial whose training finished (the others are
+    left out, so a partial table scores what exists)."""
+    evaluations = []
+    for quality_trial in trials:
+        run_dir = quality_trial.trial.out_dir
+        if not (run_dir / "results.json").is_file():
+            continue
+        out_dir = run_dir / WHOLE_TEST_DIR
+        trial = Trial(f"{quality_trial.trial.name}_whole_test_sets", quality_trial.trial.parameters, out_dir)
+        trial.command = evaluate_command(run_dir, out_dir, None, scores)
+        evaluations.append(replace(quality_trial, trial=trial))
+    return evaluations
+
+
+def aggregate(trials: list[QualityTrial], metrics: dict[str, str] = METRICS) -> dict[str, Any]:
     """{benchmark: {outlier: {score: {variant: {metric: {mean, std, seeds}}}}}} over finished trials."""
     values: dict[tuple[str, str, str, str, str], list[float]] = {}
     for quality_trial in trials:
         for key, value in quality_trial.trial.metrics.items():
             parts = parse_metric_key(key)
-            if parts is not None and parts.metric in METRICS:
+            if parts is not None and parts.metric in metrics:
                 values.setdefault(
                     (
                         quality_trial.benchmark,
@@ -133,12 +157,12 @@ def aggregate(trials: list[QualityTrial]) -> dict[str, Any]:
     return table
 
 
-def markdown(table: dict[str, Any], variants: list[str]) -> str:
+def markdown(table: dict[str, Any], variants: list[str], metrics: dict[str, str] = METRICS) -> str:
     """One table per metric: a row per (inliers, outliers, score), a column per variant."""
     sections = []
-    for metric, title in METRICS.items():
+    for metric, title in metrics.items():
         lines = [
-            f"**{title}** (mean ± std over seeds{'; lower is better' if metric == 'fpr95' else ''})",
+            f"**{title}** (mean ± std over seeds{'; lower is better' if metric.startswith('fpr') else ''})",
             "",
             "| inliers | outliers | score | " + " | ".join(f"`{variant}`" for variant in variants) + " |",
             "|---|---|---|" + "---|" * len(variants),
@@ -169,33 +193,76 @@ def main(arguments: list[str] | None = None) -> None:
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where quality.json and quality.md go"
     )
+    parser.add_argument(
+        "--whole-test",
+        action="store_true",
+        help="train nothing: score the finished trials again on the whole test sets",
+    )
+    parser.add_argument(
+        "--whole-test-scores",
+        nargs="+",
+        choices=SCORES,
+        help="the scores of --whole-test (default: the default experiment's scores.names)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every trial")
     arguments = sys.argv[1:] if arguments is None else arguments
     args = parser.parse_args(arguments)
     if args.seeds < 1 or args.jobs < 1:
         parser.error(f"--seeds ({args.seeds}) and --jobs ({args.jobs}) must be at least 1")
+    if args.whole_test_scores and not args.whole_test:
+        parser.error("--whole-test-scores needs --whole-test (the quality table scores every score)")
+    if args.whole_test and args.overrides:
+        parser.error(
+            f"--whole-test takes no key=value overrides (got {args.overrides}): each evaluation "
+            "inherits its trial's config; drop them, or use --whole-test-scores to pick the scores"
+        )
     os.environ.setdefault("DATA_DIR", str(DEFAULT_DATA_DIR))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     trials = make_trials(args.seeds, args.out_dir, args.variants, args.benchmarks)
+    protocol: dict[str, Any] = {
+        "config": DEFAULT_CONFIG,
+        "benchmarks": {benchmark: BENCHMARKS[benchmark] for benchmark in args.benchmarks},
+        "variants": {variant: variant_overrides(variant) for variant in args.variants},
+        "budget": BUDGET,
+        "overrides": args.overrides,
+        "seeds": args.seeds,
+        "jobs": args.jobs,
+        "omp_num_threads": os.environ["OMP_NUM_THREADS"],
+    }
+    if args.whole_test:
+        scores = args.whole_test_scores or list(default_config().scores.names)
+        trials = whole_test_trials(trials, scores)
+        protocol |= {"whole_test_sets": True, "scores": scores}
+        name, metrics = "quality_whole_test", WHOLE_TEST_METRICS
+    else:
+        name, metrics = "quality", METRICS
     started = time.perf_counter()
-    run_all(trials, args.overrides, args.jobs, args.out_dir / "logs")
+    if args.whole_test:
+        run_trials([quality_trial.trial for quality_trial in trials], args.out_dir / "logs", args.jobs)
+    else:
+        run_all(trials, args.overrides, args.jobs, args.out_dir / "logs")
     wall_s = time.perf_counter() - started
-    table = aggregate(trials)
+    write_table(name, trials, metrics, protocol, arguments, wall_s, args)
+
+
+def write_table(
+    name: str,
+    trials: list[QualityTrial],
+    metrics: dict[str, str],
+    protocol: dict[str, Any],
+    arguments: list[str],
+    wall_s: float,
+    args: argparse.Namespace,
+) -> None:
+    """RESULTS_DIR/<name>.json (every trial's metrics, the protocol, the hardware, the wall time)
+    and <name>.md; exits non-zero naming the failed trials, after writing what finished."""
+    table = aggregate(trials, metrics)
     ran = [quality_trial.trial for quality_trial in trials if quality_trial.trial.status == "completed"]
     result = {
         "command": " ".join(["python -m benchmarks.quality", *arguments]),
-        "protocol": {
-            "config": DEFAULT_CONFIG,
-            "benchmarks": {benchmark: BENCHMARKS[benchmark] for benchmark in args.benchmarks},
-            "variants": {variant: variant_overrides(variant) for variant in args.variants},
-            "budget": BUDGET,
-            "overrides": args.overrides,
-            "seeds": args.seeds,
-            "jobs": args.jobs,
-            "omp_num_threads": os.environ["OMP_NUM_THREADS"],
-        },
+        "protocol": protocol,
         "wall_s": wall_s,
         "trials_run": len(ran),
         "trial_seconds": sum(trial.seconds or 0.0 for trial in ran),
@@ -210,11 +277,11 @@ def main(arguments: list[str] | None = None) -> None:
         ],
         "table": table,
     }
-    path = write_result("quality", result, args.results_dir)
-    with atomic_open(args.results_dir / "quality.md", "w") as stream:
-        stream.write(markdown(table, args.variants))
+    path = write_result(name, result, args.results_dir)
+    with atomic_open(args.results_dir / f"{name}.md", "w") as stream:
+        stream.write(markdown(table, args.variants, metrics))
     failed = [quality_trial.trial.name for quality_trial in trials if quality_trial.trial.status == "failed"]
-    print(f"{len(ran)} trials run in {wall_s:.0f} s; wrote {path} and {args.results_dir / 'quality.md'}")
+    print(f"{len(ran)} trials run in {wall_s:.0f} s; wrote {path} and {args.results_dir / f'{name}.md'}")
     if failed:
         sys.exit(
             f"{len(failed)} trials failed: {', '.join(failed)}; their logs are in {args.out_dir / 'logs'}. "

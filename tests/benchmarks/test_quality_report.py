@@ -80,6 +80,39 @@ def test_the_command_runs_real_trials_and_writes_the_table(tmp_path: Path, data_
     assert again["trials"][0]["status"] == "skipped" and again["trials_run"] == 0
     assert again["table"] == result["table"]
 
+    # --whole-test scores the finished trial again on every test image, without training.
+    whole = [
+        *arguments[: arguments.index(overrides[0])],
+        "--whole-test",
+        "--whole-test-scores",
+        "hole_knn",
+        "recon",
+    ]
+    quality.main(whole)
+    scored = json.loads((tmp_path / "results" / "quality_whole_test.json").read_text())
+    (evaluation,) = scored["trials"]
+    assert evaluation["status"] == "completed", (
+        tmp_path / "runs" / "logs" / "mnist_alexandroff_seed0_whole_test_sets.log"
+    ).read_text()[-2000:]
+    results = json.loads(
+        (tmp_path / "runs" / "mnist_alexandroff_seed0" / quality.WHOLE_TEST_DIR / "results.json").read_text()
+    )
+    assert results["data"]["sizes"] == {"mnist": 10_000, "fashion_mnist": 10_000}  # not the trial's 150
+    whole_row = scored["table"]["mnist"]["fashion_mnist"]
+    assert set(whole_row) == {"hole_knn", "recon"}
+    assert set(whole_row["recon"]["alexandroff"]) == set(quality.WHOLE_TEST_METRICS)
+    assert (
+        whole_row["recon"]["alexandroff"]["auroc"]["mean"]
+        == results["metrics"]["fashion_mnist"]["recon"]["auroc"]
+    )
+    assert (
+        "**FPR95-In** (mean ± std over seeds; lower is better)"
+        in (tmp_path / "results" / "quality_whole_test.md").read_text()
+    )
+    with pytest.raises(SystemExit) as refused:  # overrides would be silently ignored: refused
+        quality.main([*whole, "trainer.max_epochs=2"])
+    assert refused.value.code == 2
+
 
 def test_mean_over_outlier_sets_averages_every_set_and_marks_gaps() -> None:
     def cell(value: float) -> dict[str, Any]:
