@@ -40,6 +40,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     evaluate_command,
     hardware_info,
+    result_path,
     write_result,
 )
 from benchmarks.quality import BENCHMARKS, REPO_ROOT
@@ -668,6 +669,21 @@ def plot_study(table: dict[str, Any], directory: Path) -> list[Path]:
     return written
 
 
+def lost_selection_entries(previous: Path, selection: dict[str, dict[str, Any]]) -> list[str]:
+    """The (candidate, inlier set) seed-0 runs an existing results file records and ``selection``
+    lacks: run folders are not kept in the repository, so a report from a fresh machine, or from
+    a part of the candidates, would overwrite the study's record with less."""
+    if not previous.is_file():
+        return []
+    recorded = json.loads(previous.read_text()).get("selection", {})
+    return [
+        f"{candidate}/{benchmark}"
+        for candidate, by_benchmark in recorded.items()
+        for benchmark in by_benchmark
+        if benchmark not in selection.get(candidate, {})
+    ]
+
+
 def main(arguments: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -712,6 +728,13 @@ def main(arguments: list[str] | None = None) -> None:
         confirmations = confirm_trials(runs, winner, args.confirm_max_eval_samples, args.confirm_scores)
         run_trials(confirmations, args.out_dir / "logs", args.jobs)
     if args.stage in ("report", "all"):
+        lost = lost_selection_entries(result_path("compact_study", args.results_dir), selection)
+        if lost:
+            parser.error(
+                f"{result_path('compact_study', args.results_dir)} records selection runs that "
+                f"{args.out_dir} does not hold ({', '.join(lost)}); the report would drop them. Pass "
+                "--out-dir of the study's runs and every candidate, or move the old results away first."
+            )
         table = test_table(runs)
         size = args.confirm_max_eval_samples
         confirmed = (

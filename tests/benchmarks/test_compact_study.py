@@ -160,3 +160,27 @@ def test_every_joint_space_form_is_also_a_candidate_with_the_far_statistics_guar
     for name in unguarded:
         twin = joint[f"{name}_guard0.99"]
         assert twin == {**joint[name], "knn_recon_guard": 0.99}
+
+
+def test_a_report_without_the_runs_refuses_to_overwrite_the_studys_record(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    record = {"selection": {"alexandroff_e10": {"fashion_mnist": {}, "mnist": {}}}}
+    (results / "compact_study.json").write_text(json.dumps(record))
+    arguments = [
+        "--stage",
+        "report",
+        "--out-dir",
+        str(tmp_path / "fresh_machine"),
+        "--results-dir",
+        str(results),
+    ]
+    with pytest.raises(SystemExit) as refused:
+        compact_study.main(arguments)
+    assert refused.value.code == 2
+    assert json.loads((results / "compact_study.json").read_text()) == record  # untouched
+    found = {"alexandroff_e10": {"fashion_mnist": {}}}
+    assert compact_study.lost_selection_entries(results / "compact_study.json", found) == [
+        "alexandroff_e10/mnist"
+    ]
+    assert compact_study.lost_selection_entries(tmp_path / "no_such.json", {}) == []
