@@ -165,7 +165,7 @@ def test_every_joint_space_form_is_also_a_candidate_with_the_far_statistics_guar
 def test_a_report_without_the_runs_refuses_to_overwrite_the_studys_record(tmp_path: Path) -> None:
     results = tmp_path / "results"
     results.mkdir()
-    record = {"selection": {"alexandroff_e10": {"fashion_mnist": {}, "mnist": {}}}}
+    record: dict[str, Any] = {"selection": {"alexandroff_e10": {"fashion_mnist": {}, "mnist": {}}}}
     (results / "compact_study.json").write_text(json.dumps(record))
     arguments = [
         "--stage",
@@ -179,7 +179,7 @@ def test_a_report_without_the_runs_refuses_to_overwrite_the_studys_record(tmp_pa
         compact_study.main(arguments)
     assert refused.value.code == 2
     assert json.loads((results / "compact_study.json").read_text()) == record  # untouched
-    found = {"alexandroff_e10": {"fashion_mnist": {}}}
+    found: dict[str, dict[str, Any]] = {"alexandroff_e10": {"fashion_mnist": {}}}
     assert compact_study.lost_selection_entries(results / "compact_study.json", found) == [
         "alexandroff_e10/mnist"
     ]
