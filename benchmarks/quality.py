@@ -14,7 +14,10 @@ with the default experiment's config, `BUDGET` and the `key=value` overrides giv
 Trials run as subprocesses, J at a time, each with cores/J OpenMP threads (small convolutions use
 two single-threaded processes better than one two-threaded one). Each trial's results.json and log
 land in DIR/<trial>/; a trial whose results.json exists is not run again, so a re-run finishes an
-interrupted table. Then `benchmarks/results/quality.json` (every trial's metrics, the protocol,
+interrupted table. Nor is a trial that the results directory's quality.json records with the same
+settings and the same default config file (status `recorded`): run folders are not committed, so
+the table can be completed over several sessions, on machines that do not keep them. Move
+quality.json away after a change to the code that trains or scores, and every trial runs again. Then `benchmarks/results/quality.json` (every trial's metrics, the protocol,
 the hardware, the wall time) and `benchmarks/results/quality.md` (mean and standard deviation
 over seeds of AUROC, AUPR-In and FPR95 per benchmark, score and variant) are written; `python -m
 benchmarks.report` copies the table into the README.
@@ -31,6 +34,8 @@ Outlier labels are used only here, for the metrics: model selection never sees t
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import statistics
 import sys
@@ -81,6 +86,8 @@ class QualityTrial:
     variant: str
     seed: int
     trial: Trial
+    # The entry of an earlier quality.json this trial's metrics come from, when it was not run here.
+    record: dict[str, Any] | None = None
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -108,11 +115,73 @@ def trial_command(quality_trial: QualityTrial, overrides: list[str]) -> list[str
     ]  # fmt: skip
 
 
-def run_all(trials: list[QualityTrial], overrides: list[str], jobs: int, log_dir: Path) -> None:
-    """Every trial through the sweep runner, `jobs` at a time."""
+def trial_settings(command: list[str]) -> list[str]:
+    """What decides a trial's numbers besides the code and the config file's content: its
+    arguments after the config file (or checkpoint), without the run folder (paths differ by machine)."""
+    return [argument for argument in command[4:] if not argument.startswith("out_dir=")]
+
+
+def config_sha256() -> str:
+    return hashlib.sha256((REPO_ROOT / DEFAULT_CONFIG).read_bytes()).hexdigest()
+
+
+def take_recorded(trials: list[QualityTrial], previous: Path) -> list[QualityTrial]:
+    """Mark the trials an earlier quality.json already measured, with the same settings and the
+    same default config, as ``recorded`` (their metrics taken from it); return the others.
+
+    Run folders are not kept in the repository and a session's machine does not outlive it, so
+    the table's 24 trainings may be spread over sessions: quality.json is the record that carries
+    them. A trial with a results.json in its folder is read from there as usual. After a change to
+    code that trains or scores, move quality.json away so that every trial runs again.
+    """
+    entries = json.loads(previous.read_text()).get("trials", []) if previous.is_file() else []
+    found = {(entry["benchmark"], entry["variant"], entry["seed"]): entry for entry in entries}
+    digest = config_sha256()
+    remaining = []
+    for quality_trial in trials:
+        entry = found.get((quality_trial.benchmark, quality_trial.variant, quality_trial.seed))
+        if (
+            entry is not None
+            and not (quality_trial.trial.out_dir / "results.json").is_file()
+            and entry.get("status") in ("completed", "skipped", "recorded")
+            and entry.get("settings") == trial_settings(quality_trial.trial.command)
+            and entry.get("config_sha256") == digest
+        ):
+            quality_trial.record = entry
+            quality_trial.trial.status = "recorded"
+            quality_trial.trial.metrics = entry["metrics"]
+        else:
+            remaining.append(quality_trial)
+    return remaining
+
+
+def run_all(
+    trials: list[QualityTrial], overrides: list[str], jobs: int, log_dir: Path, previous: Path
+) -> None:
+    """Every trial not in ``previous`` (quality.json) through the sweep runner, `jobs` at a time."""
     for quality_trial in trials:
         quality_trial.trial.command = trial_command(quality_trial, overrides)
-    run_trials([quality_trial.trial for quality_trial in trials], log_dir, jobs)
+    remaining = take_recorded(trials, previous)
+    if len(remaining) < len(trials):
+        print(f"{len(trials) - len(remaining)} trials taken from {previous} (same settings and config)")
+    run_trials([quality_trial.trial for quality_trial in remaining], log_dir, jobs)
+
+
+def trial_entry(quality_trial: QualityTrial) -> dict[str, Any]:
+    """A trial's line of the results file: what it measured, how long it took, what it ran with."""
+    if quality_trial.record is not None:
+        return {**quality_trial.record, "status": "recorded"}
+    results = quality_trial.trial.out_dir / "results.json"
+    timing = json.loads(results.read_text())["timing"] if results.is_file() else None
+    return {
+        **quality_trial.trial.parameters,
+        "status": quality_trial.trial.status,
+        "seconds": quality_trial.trial.seconds,
+        "timing": timing,  # the run's own training and test seconds, also when this command skipped it
+        "settings": trial_settings(quality_trial.trial.command),
+        "config_sha256": config_sha256(),
+        "metrics": quality_trial.trial.metrics,
+    }
 
 
 def whole_test_trials(trials: list[QualityTrial], scores: list[str]) -> list[QualityTrial]:
@@ -242,7 +311,7 @@ def main(arguments: list[str] | None = None) -> None:
     if args.whole_test:
         run_trials([quality_trial.trial for quality_trial in trials], args.out_dir / "logs", args.jobs)
     else:
-        run_all(trials, args.overrides, args.jobs, args.out_dir / "logs")
+        run_all(trials, args.overrides, args.jobs, args.out_dir / "logs", args.results_dir / "quality.json")
     wall_s = time.perf_counter() - started
     write_table(name, trials, metrics, protocol, arguments, wall_s, args)
 
@@ -266,15 +335,7 @@ def write_table(
         "wall_s": wall_s,
         "trials_run": len(ran),
         "trial_seconds": sum(trial.seconds or 0.0 for trial in ran),
-        "trials": [
-            {
-                **quality_trial.trial.parameters,
-                "status": quality_trial.trial.status,
-                "seconds": quality_trial.trial.seconds,
-                "metrics": quality_trial.trial.metrics,
-            }
-            for quality_trial in trials
-        ],
+        "trials": [trial_entry(quality_trial) for quality_trial in trials],
         "table": table,
     }
     path = write_result(name, result, args.results_dir)

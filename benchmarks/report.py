@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -194,21 +195,27 @@ QUALITY_TABLE = "benchmarks/results/quality.md"
 def quality() -> str:
     result = load("quality")
     protocol = result["protocol"]
-    done = sum(trial["status"] in ("completed", "skipped") for trial in result["trials"])
+    finished = [
+        trial for trial in result["trials"] if trial["status"] in ("completed", "skipped", "recorded")
+    ]
+    # The trials of one table may have run under several invocations (quality.take_recorded), so
+    # the time quoted is each run's own, from its results.json, not the last command's wall time.
+    minutes = [
+        sum(trial["timing"][key] for key in ("train_seconds", "test_seconds")) / 60 for trial in finished
+    ]
     return "\n".join(
         [
             "```bash",
             result["command"],
             "```",
             "",
-            f"{done} of {len(result['trials'])} trials ({len(protocol['variants'])} variants x "
+            f"{len(finished)} of {len(result['trials'])} trials ({len(protocol['variants'])} variants x "
             f"{protocol['seeds']} seeds x "
             f"{len(protocol['benchmarks'])} inlier datasets); config `{protocol['config']}` with "
             + ", ".join(f"`{item}`" for item in [*protocol["budget"], *protocol["overrides"]])
             + f"; {protocol['jobs']} trials at a time, {protocol['omp_num_threads']} thread(s) each. "
-            f"Wall time {result['wall_s'] / 60:.0f} min for the {result['trials_run']} trials run by that "
-            "command "
-            f"on {machine(result)}.",
+            f"Training and test took {statistics.median(minutes):.1f} min per trial (median; "
+            f"{min(minutes):.1f}-{max(minutes):.1f}), on {machine(result)}.",
             "",
             mean_auroc_over_outlier_sets(result),
             "",

@@ -80,6 +80,15 @@ def test_the_command_runs_real_trials_and_writes_the_table(tmp_path: Path, data_
     assert again["trials"][0]["status"] == "skipped" and again["trials_run"] == 0
     assert again["table"] == result["table"]
 
+    # On a fresh machine (no run folders) the trial recorded in quality.json is not trained again.
+    (tmp_path / "runs").rename(tmp_path / "runs_of_an_earlier_machine")
+    quality.main(arguments)
+    carried = json.loads((tmp_path / "results" / "quality.json").read_text())
+    assert carried["trials"][0]["status"] == "recorded" and carried["trials_run"] == 0
+    assert carried["table"] == result["table"]
+    assert carried["trials"][0]["timing"] == result["trials"][0]["timing"]
+    (tmp_path / "runs_of_an_earlier_machine").rename(tmp_path / "runs")
+
     # --whole-test scores the finished trial again on every test image, without training.
     whole = [
         *arguments[: arguments.index(overrides[0])],
@@ -137,3 +146,27 @@ def test_readme_tables_are_the_measured_results() -> None:
 def test_report_names_a_missing_block() -> None:
     with pytest.raises(ValueError, match="report:quality"):
         report.render("# A README without markers\n")
+
+
+def test_a_recorded_trial_counts_only_with_the_same_settings_and_config(tmp_path: Path) -> None:
+    trials = quality.make_trials(1, tmp_path, ["gaussian"], ["mnist"])
+    for item in trials:
+        item.trial.command = quality.trial_command(item, ["trainer.max_epochs=1"])
+    settings = quality.trial_settings(trials[0].trial.command)
+    assert settings[-2:] == ["trainer.max_epochs=1", "seed=0"]  # the run folder is not a setting
+    entry: dict[str, Any] = {"benchmark": "mnist", "variant": "gaussian", "seed": 0, "status": "completed"}
+    entry |= {"settings": settings, "config_sha256": quality.config_sha256(), "metrics": {"x": 1.0}}
+    previous = tmp_path / "quality.json"
+    cases: list[tuple[dict[str, Any], bool]] = [
+        ({}, True),
+        ({"config_sha256": "another config"}, False),
+        ({"settings": [*settings[:-2], "seed=0"]}, False),
+        ({"status": "failed"}, False),
+    ]
+    for changed, taken in cases:
+        for item in trials:
+            item.record, item.trial.status = None, "pending"
+        previous.write_text(json.dumps({"trials": [entry | changed]}))
+        remaining = quality.take_recorded(trials, previous)
+        assert (remaining == []) is taken, changed
+        assert (trials[0].trial.status == "recorded") is taken
