@@ -2,6 +2,7 @@
 
     python -m benchmarks.quality [--seeds N] [--jobs J] [--out-dir DIR] [key=value ...]
                                  [--variants V ...] [--benchmarks B ...] [--results-dir DIR]
+                                 [--whole-test [--whole-test-scores S ...]]
 
 Benchmarks (`BENCHMARKS`): Fashion-MNIST inliers against MNIST digits and the five transforms of
 the inlier test set (hflip, vflip, gaussian_noise, uniform_noise, constant), evaluated in one run
@@ -17,16 +18,18 @@ land in DIR/<trial>/; a trial whose results.json exists is not run again, so a r
 interrupted table. Nor is a trial that the results directory's quality.json records with the same
 settings and the same default config file (status `recorded`): run folders are not committed, so
 the table can be completed over several sessions, on machines that do not keep them. Move
-quality.json away after a change to the code that trains or scores, and every trial runs again. Then `benchmarks/results/quality.json` (every trial's metrics, the protocol,
-the hardware, the wall time) and `benchmarks/results/quality.md` (mean and standard deviation
-over seeds of AUROC, AUPR-In and FPR95 per benchmark, score and variant) are written; `python -m
-benchmarks.report` copies the table into the README.
+quality.json away after a change to the code that trains or scores, and every trial runs again.
+Then `benchmarks/results/quality.json` (every trial's metrics, settings and own timing, the
+protocol, the hardware, the wall time) and `benchmarks/results/quality.md` (mean and standard
+deviation over seeds of AUROC, AUPR-In and FPR95 per benchmark, score and variant) are written;
+`python -m benchmarks.report` copies the table into the README.
 
 `--whole-test` trains nothing: it scores every finished trial's selected checkpoint again, on every
 image of every test set (the protocol of issue 10's targets), with the default experiment's scores
-or `--whole-test-scores`, through `experiments.evaluate` into DIR/<trial>/evaluations/whole_test_sets/
-(an evaluation whose results.json exists is not run again), and writes
-`benchmarks/results/quality_whole_test.{json,md}` (AUROC, both FPR95 conventions and AUPR-In).
+or `--whole-test-scores`, through `experiments.evaluate` into
+DIR/<trial>/evaluations/whole_test_sets/<score+score...>/ (an evaluation whose results.json exists
+is not run again), and writes `benchmarks/results/quality_whole_test.{json,md}` (AUROC, both
+FPR95 conventions and AUPR-In).
 
 Outlier labels are used only here, for the metrics: model selection never sees them.
 """
@@ -192,7 +195,7 @@ def whole_test_trials(trials: list[QualityTrial], scores: list[str]) -> list[Qua
         run_dir = quality_trial.trial.out_dir
         if not (run_dir / "results.json").is_file():
             continue
-        out_dir = run_dir / WHOLE_TEST_DIR
+        out_dir = run_dir / WHOLE_TEST_DIR / "+".join(scores)  # other scores, another folder
         trial = Trial(f"{quality_trial.trial.name}_whole_test_sets", quality_trial.trial.parameters, out_dir)
         trial.command = evaluate_command(run_dir, out_dir, None, scores)
         evaluations.append(replace(quality_trial, trial=trial))

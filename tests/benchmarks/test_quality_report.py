@@ -104,7 +104,14 @@ def test_the_command_runs_real_trials_and_writes_the_table(tmp_path: Path, data_
         tmp_path / "runs" / "logs" / "mnist_alexandroff_seed0_whole_test_sets.log"
     ).read_text()[-2000:]
     results = json.loads(
-        (tmp_path / "runs" / "mnist_alexandroff_seed0" / quality.WHOLE_TEST_DIR / "results.json").read_text()
+        (
+            tmp_path
+            / "runs"
+            / "mnist_alexandroff_seed0"
+            / quality.WHOLE_TEST_DIR
+            / "hole_knn+recon"
+            / "results.json"
+        ).read_text()
     )
     assert results["data"]["sizes"] == {"mnist": 10_000, "fashion_mnist": 10_000}  # not the trial's 150
     whole_row = scored["table"]["mnist"]["fashion_mnist"]
