@@ -43,7 +43,7 @@ bench: install
 	$(PY) -m benchmarks.end_to_end
 	$(PY) -m benchmarks.report
 
-# Every variant x 3 seeds on every benchmark (about 4 hours on 2 cores), then the README tables.
+# Every variant x 3 seeds on every benchmark (about 2.5 hours on 2 cores), then the README tables.
 quality: install
 	$(PY) -m benchmarks.quality $(ARGS)
 	$(PY) -m benchmarks.report

@@ -68,8 +68,8 @@ BENCHMARKS: dict[str, list[str]] = {
 }
 SCORES = list(SCORE_NAMES)
 # The default experiment's training and scoring, with the evaluation cut to fit a 2-core CPU
-# (about 4 hours for the 24 trials of 3 seeds with the 10-epoch default): a seeded 2,000-image
-# subset of every evaluation set, likelihood regret on the first 100 images of each.
+# (about 2.5 hours for the 24 trials of 3 seeds, two at a time, with the 10-epoch default): a seeded
+# 2,000-image subset of every evaluation set, likelihood regret on the first 100 images of each.
 BUDGET = [
     "data.max_eval_samples=2000",
     "scores.regret_max_samples=100",
