@@ -21,15 +21,14 @@ the table can be completed over several sessions, on machines that do not keep t
 quality.json away after a change to the code that trains or scores, and every trial runs again.
 Then `benchmarks/results/quality.json` (every trial's metrics, settings and own timing, the
 protocol, the hardware, the wall time) and `benchmarks/results/quality.md` (mean and standard
-deviation over seeds of AUROC, AUPR-In and FPR95 per benchmark, score and variant) are written;
-`python -m benchmarks.report` copies the table into the README.
+deviation over seeds of AUROC, both FPR95 conventions and AUPR-In per benchmark, score and
+variant) are written; `python -m benchmarks.report` copies the table into the README.
 
 `--whole-test` trains nothing: it scores every finished trial's selected checkpoint again, on every
 image of every test set (the protocol of issue 10's targets), with the default experiment's scores
 or `--whole-test-scores`, through `experiments.evaluate` into
 DIR/<trial>/evaluations/whole_test_sets/<score+score...>/ (an evaluation whose results.json exists
-is not run again), and writes `benchmarks/results/quality_whole_test.{json,md}` (AUROC, both
-FPR95 conventions and AUPR-In).
+is not run again), and writes `benchmarks/results/quality_whole_test.{json,md}` (the same metrics).
 
 Outlier labels are used only here, for the metrics: model selection never sees them.
 """
@@ -77,9 +76,9 @@ BUDGET = [
     "plots.enabled=false",
     "logger.mode=disabled",
 ]
-METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "fpr95": "FPR95"}
-# The whole-test table adds the literature's FPR95 (scoring.metrics): outliers accepted at 95% inlier recall.
-WHOLE_TEST_METRICS = {"auroc": "AUROC", "fpr95_in": "FPR95-In", "fpr95": "FPR95", "aupr_in": "AUPR-In"}
+# FPR95-In is the literature's FPR95 (outliers accepted at 95% inlier recall), FPR95 the inliers
+# flagged at 95% outlier recall (scoring.metrics).
+METRICS = {"auroc": "AUROC", "fpr95_in": "FPR95-In", "fpr95": "FPR95", "aupr_in": "AUPR-In"}
 WHOLE_TEST_DIR = Path("evaluations") / "whole_test_sets"
 
 
@@ -202,13 +201,13 @@ def whole_test_trials(trials: list[QualityTrial], scores: list[str]) -> list[Qua
     return evaluations
 
 
-def aggregate(trials: list[QualityTrial], metrics: dict[str, str] = METRICS) -> dict[str, Any]:
+def aggregate(trials: list[QualityTrial]) -> dict[str, Any]:
     """{benchmark: {outlier: {score: {variant: {metric: {mean, std, seeds}}}}}} over finished trials."""
     values: dict[tuple[str, str, str, str, str], list[float]] = {}
     for quality_trial in trials:
         for key, value in quality_trial.trial.metrics.items():
             parts = parse_metric_key(key)
-            if parts is not None and parts.metric in metrics:
+            if parts is not None and parts.metric in METRICS:
                 values.setdefault(
                     (
                         quality_trial.benchmark,
@@ -229,10 +228,10 @@ def aggregate(trials: list[QualityTrial], metrics: dict[str, str] = METRICS) -> 
     return table
 
 
-def markdown(table: dict[str, Any], variants: list[str], metrics: dict[str, str] = METRICS) -> str:
+def markdown(table: dict[str, Any], variants: list[str]) -> str:
     """One table per metric: a row per (inliers, outliers, score), a column per variant."""
     sections = []
-    for metric, title in metrics.items():
+    for metric, title in METRICS.items():
         lines = [
             f"**{title}** (mean ± std over seeds{'; lower is better' if metric.startswith('fpr') else ''})",
             "",
@@ -307,22 +306,21 @@ def main(arguments: list[str] | None = None) -> None:
         scores = args.whole_test_scores or list(default_config().scores.names)
         trials = whole_test_trials(trials, scores)
         protocol |= {"whole_test_sets": True, "scores": scores}
-        name, metrics = "quality_whole_test", WHOLE_TEST_METRICS
+        name = "quality_whole_test"
     else:
-        name, metrics = "quality", METRICS
+        name = "quality"
     started = time.perf_counter()
     if args.whole_test:
         run_trials([quality_trial.trial for quality_trial in trials], args.out_dir / "logs", args.jobs)
     else:
         run_all(trials, args.overrides, args.jobs, args.out_dir / "logs", args.results_dir / "quality.json")
     wall_s = time.perf_counter() - started
-    write_table(name, trials, metrics, protocol, arguments, wall_s, args)
+    write_table(name, trials, protocol, arguments, wall_s, args)
 
 
 def write_table(
     name: str,
     trials: list[QualityTrial],
-    metrics: dict[str, str],
     protocol: dict[str, Any],
     arguments: list[str],
     wall_s: float,
@@ -330,7 +328,7 @@ def write_table(
 ) -> None:
     """RESULTS_DIR/<name>.json (every trial's metrics, the protocol, the hardware, the wall time)
     and <name>.md; exits non-zero naming the failed trials, after writing what finished."""
-    table = aggregate(trials, metrics)
+    table = aggregate(trials)
     ran = [quality_trial.trial for quality_trial in trials if quality_trial.trial.status == "completed"]
     result = {
         "command": " ".join(["python -m benchmarks.quality", *arguments]),
@@ -343,7 +341,7 @@ def write_table(
     }
     path = write_result(name, result, args.results_dir)
     with atomic_open(args.results_dir / f"{name}.md", "w") as stream:
-        stream.write(markdown(table, args.variants, metrics))
+        stream.write(markdown(table, args.variants))
     failed = [quality_trial.trial.name for quality_trial in trials if quality_trial.trial.status == "failed"]
     print(f"{len(ran)} trials run in {wall_s:.0f} s; wrote {path} and {args.results_dir / f'{name}.md'}")
     if failed:
