@@ -136,9 +136,10 @@ def take_recorded(trials: list[QualityTrial], previous: Path) -> list[QualityTri
     them. A trial with a results.json in its folder is read from there as usual. After a change to
     code that trains or scores, move quality.json away so that every trial runs again.
     """
-    entries = json.loads(previous.read_text()).get("trials", []) if previous.is_file() else []
-    found = {(entry["benchmark"], entry["variant"], entry["seed"]): entry for entry in entries}
-    digest = config_sha256()
+    record = json.loads(previous.read_text()) if previous.is_file() else {}
+    if record.get("protocol", {}).get("config_sha256") != config_sha256():
+        return trials
+    found = {(entry["benchmark"], entry["variant"], entry["seed"]): entry for entry in record["trials"]}
     remaining = []
     for quality_trial in trials:
         entry = found.get((quality_trial.benchmark, quality_trial.variant, quality_trial.seed))
@@ -147,7 +148,6 @@ def take_recorded(trials: list[QualityTrial], previous: Path) -> list[QualityTri
             and not (quality_trial.trial.out_dir / "results.json").is_file()
             and entry.get("status") in ("completed", "skipped", "recorded")
             and entry.get("settings") == trial_settings(quality_trial.trial.command)
-            and entry.get("config_sha256") == digest
         ):
             quality_trial.record = entry
             quality_trial.trial.status = "recorded"
@@ -181,7 +181,6 @@ def trial_entry(quality_trial: QualityTrial) -> dict[str, Any]:
         "seconds": quality_trial.trial.seconds,
         "timing": timing,  # the run's own training and test seconds, also when this command skipped it
         "settings": trial_settings(quality_trial.trial.command),
-        "config_sha256": config_sha256(),
         "metrics": quality_trial.trial.metrics,
     }
 
@@ -302,17 +301,17 @@ def main(arguments: list[str] | None = None) -> None:
         "jobs": args.jobs,
         "omp_num_threads": os.environ["OMP_NUM_THREADS"],
     }
+    started = time.perf_counter()
     if args.whole_test:
         scores = args.whole_test_scores or list(default_config().scores.names)
         trials = whole_test_trials(trials, scores)
         protocol |= {"whole_test_sets": True, "scores": scores}
         name = "quality_whole_test"
-    else:
-        name = "quality"
-    started = time.perf_counter()
-    if args.whole_test:
         run_trials([quality_trial.trial for quality_trial in trials], args.out_dir / "logs", args.jobs)
     else:
+        # Every trial of a quality.json shares this config: a recorded trial is carried only under it.
+        protocol["config_sha256"] = config_sha256()
+        name = "quality"
         run_all(trials, args.overrides, args.jobs, args.out_dir / "logs", args.results_dir / "quality.json")
     wall_s = time.perf_counter() - started
     write_table(name, trials, protocol, arguments, wall_s, args)

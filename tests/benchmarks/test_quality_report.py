@@ -162,18 +162,20 @@ def test_a_recorded_trial_counts_only_with_the_same_settings_and_config(tmp_path
     settings = quality.trial_settings(trials[0].trial.command)
     assert settings[-2:] == ["trainer.max_epochs=1", "seed=0"]  # the run folder is not a setting
     entry: dict[str, Any] = {"benchmark": "mnist", "variant": "gaussian", "seed": 0, "status": "completed"}
-    entry |= {"settings": settings, "config_sha256": quality.config_sha256(), "metrics": {"x": 1.0}}
+    entry |= {"settings": settings, "metrics": {"x": 1.0}}
     previous = tmp_path / "quality.json"
     cases: list[tuple[dict[str, Any], bool]] = [
         ({}, True),
-        ({"config_sha256": "another config"}, False),
+        ({"protocol": {"config_sha256": "another config"}}, False),
         ({"settings": [*settings[:-2], "seed=0"]}, False),
         ({"status": "failed"}, False),
     ]
     for changed, taken in cases:
         for item in trials:
             item.record, item.trial.status = None, "pending"
-        previous.write_text(json.dumps({"trials": [entry | changed]}))
+        protocol = changed.get("protocol", {"config_sha256": quality.config_sha256()})
+        trial_changes = {key: value for key, value in changed.items() if key != "protocol"}
+        previous.write_text(json.dumps({"protocol": protocol, "trials": [entry | trial_changes]}))
         remaining = quality.take_recorded(trials, previous)
         assert (remaining == []) is taken, changed
         assert (trials[0].trial.status == "recorded") is taken
