@@ -85,10 +85,14 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # Round 6: the sphere at d = 16 and 32 with one epoch of KL warm-up (posterior collapse).
     "alexandroff_kl1_e10": candidate("alexandroff", 10, kl_warmup_epochs=1.0),
     "alexandroff_d32_kl1_e10": candidate("alexandroff", 10, latent_dim=32, kl_warmup_epochs=1.0),
+    # Round 8: the default's training at the next doubling of the latent dimension.
+    "alexandroff_d64_kl1_e10": candidate("alexandroff", 10, latent_dim=64, kl_warmup_epochs=1.0),
     "gaussian_e3": candidate("gaussian", 3, compact=False),
     "gaussian_e10": candidate("gaussian", 10, compact=False),
     # The classical VAE at round 4's default latent dimension: the matched comparison row of round 4.
     "gaussian_d32_e10": candidate("gaussian", 10, latent_dim=32, compact=False),
+    # Round 8's matched comparison row: trained only if the d = 64 sphere wins (its confirmation).
+    "gaussian_d64_kl1_e10": candidate("gaussian", 10, latent_dim=64, compact=False, kl_warmup_epochs=1.0),
 }
 # Candidate hole scores: name -> the scores settings that compute it (as `score`). Round 1 (the
 # first three), round 2 (the mean distance to the k nearest, without the relative normalisation),
