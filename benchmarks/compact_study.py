@@ -10,7 +10,9 @@
 2. ``select``: the selection suite of the README ("Choosing the default"): for every seed-0 run,
    the model's validation inliers against eight corruptions of them (``datamodules.corruptions``),
    scored with every candidate hole score (``HOLE_SCORES``) through the scoring core; the result
-   is cached as ``selection.json`` in the run folder. No outlier test set is read.
+   is cached as ``selection.json`` in the run folder. No outlier test set is read. A candidate
+   without runs in ``--out-dir`` enters by its record in ``compact_study.json``
+   (``benchmarks.study_record``): run folders do not outlive a session on this workplace's machines.
 3. ``report``: ``benchmarks/results/compact_study.json`` and ``compact_study.md`` (the selection
    table, the rule's winner, and the test AUROCs of every run beside the classical ``gaussian``
    VAE), plus PNG plots: AUROC against epochs, AUROC against L, and the variants side by side.
@@ -44,6 +46,13 @@ from benchmarks.common import (
     write_result,
 )
 from benchmarks.quality import BENCHMARKS, REPO_ROOT
+from benchmarks.study_record import (
+    carried_collapse,
+    carried_selection,
+    load_record,
+    merge_tables,
+    thinner_cells,
+)
 from common.atomic_io import atomic_open, write_json
 from datamodules.corruptions import SELECTION_CORRUPTIONS, corrupt
 from experiments.sweep import Trial, read_metrics, run_trials
@@ -406,6 +415,7 @@ def select_winner(
                     "score": score,
                     "admissible": CANDIDATES[candidate]["compact"] and candidate not in collapsed,
                     "collapsed": candidate in collapsed,
+                    "carried": any(result.get("carried", False) for result in by_benchmark.values()),
                     "worst": min(values),
                     "mean": statistics.fmean(values),
                     "val_elbo": statistics.fmean(result["val_elbo"] for result in by_benchmark.values()),
@@ -581,16 +591,18 @@ def markdown(
     lines = [
         f"**Selection suite** (validation inliers vs {len(SELECTION_CORRUPTIONS)} corruptions of them, "
         "Fashion-MNIST and MNIST inliers, seed 0; no outlier test set): worst-case and mean AUROC over "
-        f"the {2 * len(SELECTION_CORRUPTIONS)} pairs",
+        f"the {2 * len(SELECTION_CORRUPTIONS)} pairs; measured: on this report's runs, or carried "
+        "from the record of an earlier machine (benchmarks/study_record.py)",
         "",
-        "| candidate | hole score | admissible | worst | mean | val ELBO |",
-        "|---|---|---|---|---|---|",
+        "| candidate | hole score | admissible | worst | mean | val ELBO | measured |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda row: -row["worst"]):
         mark = " **(winner)**" if row is winner else ""
+        source = "record" if row.get("carried") else "runs"
         lines.append(
             f"| `{row['candidate']}`{mark} | `{row['score']}` | {admissibility(row)} | "
-            f"{row['worst']:.3f} | {row['mean']:.3f} | {row['val_elbo']:.1f} |"
+            f"{row['worst']:.3f} | {row['mean']:.3f} | {row['val_elbo']:.1f} | {source} |"
         )
     lines += ["", "**Test AUROC** (mean ± std over seeds; `n` = seeds)", ""]
     lines.append("| inliers | outliers | score | " + " | ".join(f"`{c}`" for c in candidates) + " |")
@@ -720,13 +732,23 @@ def main(arguments: list[str] | None = None) -> None:
     runs = make_runs(args.candidates, args.seeds, args.out_dir, args.overrides)
     if args.stage in ("train", "all"):
         run_trials([run.trial for run in runs], args.out_dir / "logs", args.jobs)
+    # Candidates whose runs are gone from this machine enter by their record (docs/compact_study.md,
+    # round 8; benchmarks/study_record.py); those with runs on disk are measured.
+    record = load_record(result_path("compact_study", args.results_dir))
+    on_disk = {run.candidate for run in runs if (run.trial.out_dir / "results.json").is_file()}
     selection: dict[str, dict[str, Any]] = {}
     if args.stage in ("select", "confirm", "report", "all"):
         for run in (run for run in runs if run.seed == 0):
             found = cached_selection(run)
+            if found is None and run.candidate not in on_disk:
+                found = carried_selection(
+                    record, run.candidate, run.benchmark, HOLE_SCORES, SELECTION_CORRUPTIONS
+                )
             if found is not None:
                 selection.setdefault(run.candidate, {})[run.benchmark] = found
-    collapsed = frozenset(run.candidate for run in runs if cached_collapse(run))
+    collapsed = frozenset(run.candidate for run in runs if cached_collapse(run)) | {
+        name for name in set(args.candidates) - on_disk if carried_collapse(record, name)
+    }
     winner, rows = select_winner(selection, collapsed)
     if args.stage in ("confirm", "all") and winner:
         confirmations = confirm_trials(runs, winner, args.confirm_max_eval_samples, args.confirm_scores)
@@ -739,11 +761,28 @@ def main(arguments: list[str] | None = None) -> None:
                 f"{args.out_dir} does not hold ({', '.join(lost)}); the report would drop them. Pass "
                 "--out-dir of the study's runs and every candidate, or move the old results away first."
             )
-        table = test_table(runs)
         size = args.confirm_max_eval_samples
-        confirmed = (
+        measured = test_table(runs)
+        recorded_confirmation = record.get("confirmation", {})
+        recorded_confirmed = (
+            recorded_confirmation.get("test_auroc", {})
+            if recorded_confirmation.get("max_eval_samples", size) == size
+            else {}
+        )
+        measured_confirmed = (
             test_table(runs, lambda run: confirmation_results(run, winner["score"], size)) if winner else {}
         )
+        thinner = thinner_cells(measured, record.get("test_auroc", {}), on_disk)
+        if winner:
+            thinner += thinner_cells(measured_confirmed, recorded_confirmed, on_disk)
+        if thinner:
+            parser.error(
+                f"{args.out_dir} holds fewer seeds than the record of {', '.join(sorted(thinner)[:5])}"
+                f"{' and more' if len(thinner) > 5 else ''}; the report would drop them. Train every "
+                "seed of those candidates first, or move the old results away."
+            )
+        table = merge_tables(measured, record.get("test_auroc", {}), on_disk)
+        confirmed = merge_tables(measured_confirmed, recorded_confirmed, on_disk) if winner else {}
         result = {
             "command": " ".join(["python -m benchmarks.compact_study", *arguments]),
             "rule": "README.md, 'Choosing the default'",

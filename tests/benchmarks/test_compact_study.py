@@ -143,8 +143,8 @@ def test_the_classical_best_counts_only_forms_measured_on_as_many_seeds_as_the_w
         for line in compact_study.confirmation_markdown(winner, table, "test").splitlines()
         if line.startswith("| fashion_mnist | constant |")
     )
-    # Columns: winner, same score per classical row (e3, e10, d32), best per classical row.
-    assert row.split(" | ")[-4:-1] == ["0.960 (`neg_elbo`)", "0.970 (`recon`)", "n/a"]
+    # Columns: winner, same score per classical row (e3, e10, d32, d64), best per classical row.
+    assert row.split(" | ")[-5:-1] == ["0.960 (`neg_elbo`)", "0.970 (`recon`)", "n/a", "n/a"]
 
 
 def test_every_joint_space_form_is_also_a_candidate_with_the_far_statistics_guard() -> None:
@@ -184,3 +184,65 @@ def test_a_report_without_the_runs_refuses_to_overwrite_the_studys_record(tmp_pa
         "alexandroff_e10/mnist"
     ]
     assert compact_study.lost_selection_entries(tmp_path / "no_such.json", {}) == []
+
+
+def complete_entry(value: float) -> dict[str, Any]:
+    """A seed-0 suite entry as compact_study.json records it: every hole score x corruption."""
+    corruptions = compact_study.SELECTION_CORRUPTIONS
+    aurocs = {score: dict.fromkeys(corruptions, value) for score in compact_study.HOLE_SCORES}
+    return {"auroc": aurocs, "val_elbo": -180.0, "checkpoint": "epoch=9.ckpt"}
+
+
+def report(out_dir: Path, results: Path) -> list[str]:
+    return ["--stage", "report", "--out-dir", str(out_dir), "--results-dir", str(results)]
+
+
+def test_a_report_on_a_fresh_machine_carries_the_recorded_candidates(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    cell = {"mean": 0.9, "std": 0.01, "seeds": 3}
+    record: dict[str, Any] = {
+        "selection": {
+            "alexandroff_d32_kl1_e10": {"fashion_mnist": complete_entry(0.95), "mnist": complete_entry(0.97)},
+            "alexandroff_e10": {"fashion_mnist": complete_entry(0.99), "mnist": complete_entry(0.99)},
+        },
+        "selection_rows": [
+            {"candidate": "alexandroff_d32_kl1_e10", "collapsed": False},
+            {"candidate": "alexandroff_e10", "collapsed": True},
+        ],
+        "test_auroc": {"fashion_mnist": {"mnist": {"recon": {"alexandroff_d32_kl1_e10": cell}}}},
+    }
+    (results / "compact_study.json").write_text(json.dumps(record))
+
+    compact_study.main(report(tmp_path / "fresh_machine", results))
+
+    written = json.loads((results / "compact_study.json").read_text())
+    # The higher suite AUROCs lose: the record says one of that candidate's seeds collapsed.
+    assert written["winner"]["candidate"] == "alexandroff_d32_kl1_e10"
+    assert written["winner"]["worst"] == 0.95
+    assert all(row["carried"] for row in written["selection_rows"])
+    assert written["selection"]["alexandroff_e10"]["mnist"]["carried"] is True
+    assert written["test_auroc"]["fashion_mnist"]["mnist"]["recon"] == {"alexandroff_d32_kl1_e10": cell}
+    assert "| record |" in (results / "compact_study.md").read_text()
+
+
+def test_a_report_from_fewer_seeds_than_the_record_refuses(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    cell = {"mean": 0.9, "std": 0.01, "seeds": 3}
+    record = {"test_auroc": {"fashion_mnist": {"mnist": {"recon": {"alexandroff_e10": cell}}}}}
+    (results / "compact_study.json").write_text(json.dumps(record))
+    (run,) = [
+        r
+        for r in compact_study.make_runs(["alexandroff_e10"], 1, tmp_path / "runs", [])
+        if r.benchmark == "mnist"
+    ]
+    write_results(run, {"knn_k": 3}, {"recon": 0.8})  # one seed of the three the record holds
+    # The suite's and the collapse check's caches, as the select stage leaves them.
+    (run.trial.out_dir / "selection.json").write_text(json.dumps(complete_entry(0.9)))
+    (run.trial.out_dir / "collapse.json").write_text(json.dumps({"collapsed": False}))
+
+    with pytest.raises(SystemExit) as refused:
+        compact_study.main([*report(tmp_path / "runs", results), "--candidates", "alexandroff_e10"])
+    assert refused.value.code == 2
+    assert json.loads((results / "compact_study.json").read_text()) == record  # untouched

@@ -1,0 +1,80 @@
+"""Carrying the compact-latent study's record (``compact_study.json``) over to a fresh machine.
+
+Run folders do not outlive a session on this workplace's machines, yet a candidate's suite AUROCs,
+collapse check and test tables are functions of its runs' checkpoints: the record is their
+measurement. So a later round of the rule (docs/compact_study.md, round 8) measures what is on
+disk and takes every candidate whose runs are gone from the record, instead of training all of
+them again. What the record cannot supply (a hole score or corruption added since it was written)
+is not carried, and the report refuses to drop it (``compact_study.lost_selection_entries``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    """The study's results file, or {} where none was written yet."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def carried_selection(
+    record: dict[str, Any],
+    candidate: str,
+    benchmark: str,
+    hole_scores: Iterable[str],
+    corruptions: Iterable[str],
+) -> dict[str, Any] | None:
+    """The recorded seed-0 suite entry of (candidate, benchmark), marked ``carried``, if it holds every
+    hole score against every corruption; else None (the run must be measured again)."""
+    entry = record.get("selection", {}).get(candidate, {}).get(benchmark)
+    if entry is None:
+        return None
+    aurocs = entry.get("auroc", {})
+    if not all(set(corruptions) <= set(aurocs.get(score, {})) for score in hole_scores):
+        return None
+    return {**entry, "carried": True}
+
+
+def carried_collapse(record: dict[str, Any], candidate: str) -> bool:
+    """Whether the record found a collapsed checkpoint among the candidate's trained seeds."""
+    return any(row["collapsed"] for row in record.get("selection_rows", []) if row["candidate"] == candidate)
+
+
+Table = dict[str, Any]  # {benchmark: {outlier: {score form: {candidate: {mean, std, seeds}}}}}
+
+
+def table_cells(table: Table) -> Iterable[tuple[tuple[str, str, str, str], dict[str, Any]]]:
+    for benchmark, by_outlier in table.items():
+        for outlier, by_form in by_outlier.items():
+            for form, by_candidate in by_form.items():
+                for candidate, cell in by_candidate.items():
+                    yield (benchmark, outlier, form, candidate), cell
+
+
+def merge_tables(measured: Table, recorded: Table, on_disk: set[str]) -> Table:
+    """``measured`` plus every recorded cell of a candidate without runs on disk. A candidate with
+    runs on disk is measured, never mixed with its record: two trainings of one seed need not be
+    bit-identical across machines, so one cell would otherwise average two replications."""
+    merged: Table = json.loads(json.dumps(measured))
+    for (benchmark, outlier, form, candidate), cell in table_cells(recorded):
+        if candidate not in on_disk:
+            merged.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(form, {})[candidate] = cell
+    return merged
+
+
+def thinner_cells(measured: Table, recorded: Table, on_disk: set[str]) -> list[str]:
+    """The recorded cells of candidates on disk that the measured table would replace with fewer
+    seeds (or drop): a report from a part of a candidate's runs would lose measurements."""
+    thinner = []
+    for key, cell in table_cells(recorded):
+        benchmark, outlier, form, candidate = key
+        if candidate not in on_disk:
+            continue
+        found = measured.get(benchmark, {}).get(outlier, {}).get(form, {}).get(candidate)
+        if found is None or found["seeds"] < cell["seeds"]:
+            thinner.append("/".join(key))
+    return thinner
