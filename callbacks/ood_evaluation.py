@@ -12,7 +12,8 @@ feeds checkpoint selection) and at test end it
    metrics, certified-ball violations,
 5. logs every metric as `<stage>/<outlier>/<score>/<metric>` (``scoring.keys``), and the model's
    certificate (`<stage>/model/certified_lipschitz`, `latent_radius_bound`, at test
-   `empirical_lipschitz`) and ball violations (`<stage>/<set>/bound_violations`), then hands the
+   `empirical_lipschitz`), the inliers' posterior-collapse diagnostics (`<stage>/model/active_units`,
+   `latent_variance`) and ball violations (`<stage>/<set>/bound_violations`), then hands the
    Evaluation to the reporters it was given (results files, dashboard) on rank 0.
 """
 
@@ -47,6 +48,7 @@ from scoring.evaluation import (
 )
 from scoring.joint import DegenerateReferenceError
 from scoring.keys import flat_metrics
+from scoring.latent_activity import latent_activity
 from scoring.registry import REFERENCE_SCORES, ReferenceLatents
 
 # Inputs per evaluated set on which the empirical Lipschitz lower bound is searched (test only).
@@ -173,7 +175,9 @@ class OODEvaluation(Callback):
         bound = model.latent_bound()
         evaluation, settings = self._evaluate(trainer, model, stage, bound)
         empirical = self._empirical_lipschitz(trainer, model, stage)
-        self._log(model, evaluation, stage, empirical, bound)
+        inliers = evaluation.columns["dataset"] == 0
+        activity = latent_activity(evaluation.columns["latent"][inliers])
+        self._log(model, evaluation, stage, empirical, bound, activity)
         if trainer.is_global_zero and self.reporters:
             context = ReportContext(
                 stage=stage,
@@ -187,6 +191,7 @@ class OODEvaluation(Callback):
                 train_seconds=self._train_seconds,
                 evaluation_seconds=time.perf_counter() - self._started,
                 empirical_lipschitz=empirical,
+                latent_activity=activity,
             )
             for reporter in self.reporters:
                 reporter.report(evaluation, context)
@@ -289,8 +294,10 @@ class OODEvaluation(Callback):
         stage: str,
         empirical_lipschitz: float | None,
         bound: tuple[Tensor, float] | None,
+        activity: dict[str, float],
     ) -> None:
         values = flat_metrics(stage, evaluation.metrics)
+        values.update({f"{stage}/model/{name}": value for name, value in activity.items()})
         certified = model.certified_lipschitz()
         if certified is not None:
             values[f"{stage}/model/certified_lipschitz"] = certified

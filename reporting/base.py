@@ -30,6 +30,8 @@ class ReportContext:
     # The largest Jacobian norm of the mean map found at evaluated inputs (test only): a lower
     # bound on the Lipschitz constant, beside the certificate's upper bound.
     empirical_lipschitz: float | None = None
+    # Posterior-collapse diagnostics of the inlier set's latents (scoring.latent_activity).
+    latent_activity: dict[str, float] | None = None
 
     @property
     def seed(self) -> int:

@@ -29,7 +29,11 @@ class ResultsFiles:
         results = {
             "experiment": context.run_info.get("experiment"),
             "seed": context.run_info.get("seed"),
-            "model": {**context.model.describe(), "empirical_lipschitz": context.empirical_lipschitz},
+            "model": {
+                **context.model.describe(),
+                "empirical_lipschitz": context.empirical_lipschitz,
+                **(context.latent_activity or {}),
+            },
             "data": {
                 "inlier": evaluation.set_names[0],
                 "outliers": evaluation.set_names[1:],

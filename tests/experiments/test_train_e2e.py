@@ -90,6 +90,16 @@ def test_results_json_has_every_key(trained_run: Path) -> None:
         assert all(0.0 <= value <= 1.0 for value in metrics.values())
 
 
+def test_results_report_the_inlier_latents_activity(trained_run: Path) -> None:
+    model = load_results(trained_run)["model"]
+    arrays = np.load(trained_run / "scores.npz")
+    inliers = arrays["latent"][arrays["dataset"] == 0].astype(np.float64)
+    variance = inliers.var(axis=0, ddof=1)
+    assert model["latent_variance"] == pytest.approx(variance.sum(), rel=1e-5)
+    assert model["active_units"] == (variance > 1e-2).sum()
+    assert inliers.shape[1] == model["latent_dim"] + 1  # the sphere's unit vectors in R^(d+1)
+
+
 def test_metrics_equal_sklearn_recomputed_from_scores_npz(trained_run: Path) -> None:
     assert_metrics_match_sklearn(trained_run)
 

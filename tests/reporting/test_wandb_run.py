@@ -212,12 +212,15 @@ def test_ood_metrics_and_model_bounds_are_curves_over_epochs(copied_run: CopiedR
         "val/mnist/neg_elbo/auroc",
         "val/model/certified_lipschitz",
         "val/model/latent_radius_bound",
+        "val/model/latent_variance",
+        "val/model/active_units",
         "val/fashion_mnist/bound_violations",
         "val/mnist/bound_violations",
     ):
         assert sorted(by_epoch(history, key)) == list(range(EPOCHS)), key
     assert all(value == 0 for value in by_epoch(history, "val/mnist/bound_violations").values())
     assert len(by_epoch(history, "test/model/empirical_lipschitz")) == 1
+    assert len(by_epoch(history, "test/model/latent_variance")) == 1
 
 
 @pytest.mark.slow
