@@ -48,7 +48,7 @@ from scoring.evaluation import (
 )
 from scoring.joint import DegenerateReferenceError
 from scoring.keys import flat_metrics
-from scoring.latent_activity import latent_activity
+from scoring.latent_activity import collapse_warning, latent_activity
 from scoring.registry import REFERENCE_SCORES, ReferenceLatents
 
 # Inputs per evaluated set on which the empirical Lipschitz lower bound is searched (test only).
@@ -177,6 +177,9 @@ class OODEvaluation(Callback):
         empirical = self._empirical_lipschitz(trainer, model, stage)
         inliers = evaluation.columns["dataset"] == 0
         activity = latent_activity(evaluation.columns["latent"][inliers])
+        warning = collapse_warning(activity) if stage == "test" else None
+        if warning is not None:
+            rank_zero_warn(warning)
         self._log(model, evaluation, stage, empirical, bound, activity)
         if trainer.is_global_zero and self.reporters:
             context = ReportContext(

@@ -15,6 +15,9 @@ from torch import Tensor
 # A latent coordinate is active when its posterior location varies across inputs by more than
 # this variance (Burda, Grosse & Salakhutdinov 2016's "active units").
 ACTIVE_UNIT_VARIANCE = 1e-2
+# Below this total variance the latent has collapsed. Measured (docs/method.md 5.1): collapsed
+# trainings give 1e-6 to 1e-5, healthy ones 0.98 and more on the sphere and 4.7 and more on R^d.
+COLLAPSED_VARIANCE = 1e-3
 
 
 def latent_activity(locations: Tensor) -> dict[str, float]:
@@ -34,3 +37,16 @@ def latent_activity(locations: Tensor) -> dict[str, float]:
         "active_units": float((variance > ACTIVE_UNIT_VARIANCE).sum()),
         "latent_variance": float(variance.sum()),
     }
+
+
+def collapse_warning(activity: dict[str, float]) -> str | None:
+    """The message a run whose inlier latents have collapsed ends with, or None for a healthy latent."""
+    if activity["latent_variance"] >= COLLAPSED_VARIANCE:
+        return None
+    return (
+        f"Posterior collapse: the inliers' latents vary by a total variance of "
+        f"{activity['latent_variance']:.2g} (below {COLLAPSED_VARIANCE:g}; a healthy latent gives about 1 "
+        "on the sphere), so the decoder ignores them and the hole scores measure an encoder the "
+        "reconstruction no longer shapes (docs/method.md 5.1). Retrain with a KL warm-up "
+        "(optim.kl_warmup_epochs=1) or another seed."
+    )

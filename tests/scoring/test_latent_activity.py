@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scoring.latent_activity import latent_activity
+from scoring.latent_activity import collapse_warning, latent_activity
 
 
 def test_a_collapsed_encoder_has_no_active_unit_and_almost_no_variance() -> None:
@@ -15,6 +15,8 @@ def test_a_collapsed_encoder_has_no_active_unit_and_almost_no_variance() -> None
     activity = latent_activity(collapsed)
     assert activity["active_units"] == 0
     assert activity["latent_variance"] == pytest.approx(33 * 1e-8, rel=0.1)
+    message = collapse_warning(activity)
+    assert message is not None and "Posterior collapse" in message and "kl_warmup_epochs" in message
 
 
 def test_spread_unit_vectors_have_a_total_variance_near_one() -> None:
@@ -26,6 +28,7 @@ def test_spread_unit_vectors_have_a_total_variance_near_one() -> None:
     expected = (points.square().sum(dim=1).mean() - points.mean(dim=0).square().sum()) * 4000 / 3999
     assert activity["latent_variance"] == pytest.approx(float(expected), rel=1e-9)
     assert activity["latent_variance"] == pytest.approx(1.0, abs=0.01)
+    assert collapse_warning(activity) is None
     assert activity["active_units"] == 33  # 1/33 per coordinate, above the 0.01 convention
 
 
