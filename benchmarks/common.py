@@ -36,6 +36,20 @@ def default_config(*overrides: str) -> Any:
     return load_train_config(["out_dir=unused-by-benchmarks", "logger.mode=disabled", *overrides])
 
 
+def study_environment(jobs: int) -> None:
+    """The environment of a study's trainings: the offline data, and one share of the cores per
+    concurrent training (OMP_NUM_THREADS = cores // jobs, unless set), with passive OpenMP waits.
+
+    The share is part of what a run is: at one thread a training is bit-identical between runs,
+    while one and two threads give different weights (summed in another order; measured on a tiny
+    run, README "The compact-latent study"). Pinning it the same way in every study keeps their
+    trainings of one config comparable, and keeps concurrent trainings off each other's cores.
+    """
+    os.environ.setdefault("DATA_DIR", str(DEFAULT_DATA_DIR))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (the platform module only knows the architecture)."""
     try:

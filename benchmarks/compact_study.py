@@ -38,11 +38,11 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.common import (
-    DEFAULT_DATA_DIR,
     RESULTS_DIR,
     evaluate_command,
     hardware_info,
     result_path,
+    study_environment,
     write_result,
 )
 from benchmarks.quality import BENCHMARKS, REPO_ROOT
@@ -727,8 +727,7 @@ def main(arguments: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every training")
     arguments = sys.argv[1:] if arguments is None else arguments
     args = parser.parse_args(arguments)
-    os.environ.setdefault("DATA_DIR", str(DEFAULT_DATA_DIR))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    study_environment(args.jobs)
     runs = make_runs(args.candidates, args.seeds, args.out_dir, args.overrides)
     if args.stage in ("train", "all"):
         run_trials([run.trial for run in runs], args.out_dir / "logs", args.jobs)
@@ -789,6 +788,7 @@ def main(arguments: list[str] | None = None) -> None:
             "candidates": {name: CANDIDATES[name] for name in args.candidates},
             "hole_scores": HOLE_SCORES,
             "budget": BUDGET,
+            "omp_num_threads": os.environ["OMP_NUM_THREADS"],
             "selection": selection,
             "selection_rows": rows,
             "winner": winner,

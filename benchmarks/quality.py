@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, default_config, evaluate_command, write_result
+from benchmarks.common import RESULTS_DIR, default_config, evaluate_command, study_environment, write_result
 from common.atomic_io import atomic_open
 from experiments.sweep import Trial, run_trials
 from lightning_modules.config import VARIANTS_BY_NAME
@@ -286,9 +286,7 @@ def main(arguments: list[str] | None = None) -> None:
             f"--whole-test takes no key=value overrides (got {args.overrides}): each evaluation "
             "inherits its trial's config; drop them, or use --whole-test-scores to pick the scores"
         )
-    os.environ.setdefault("DATA_DIR", str(DEFAULT_DATA_DIR))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    study_environment(args.jobs)
 
     trials = make_trials(args.seeds, args.out_dir, args.variants, args.benchmarks)
     protocol: dict[str, Any] = {
