@@ -173,16 +173,44 @@ def trial_entry(quality_trial: QualityTrial) -> dict[str, Any]:
     """A trial's line of the results file: what it measured, how long it took, what it ran with."""
     if quality_trial.record is not None:
         return {**quality_trial.record, "status": "recorded"}
-    results = quality_trial.trial.out_dir / "results.json"
-    timing = json.loads(results.read_text())["timing"] if results.is_file() else None
+    results_path = quality_trial.trial.out_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     return {
         **quality_trial.trial.parameters,
         "status": quality_trial.trial.status,
         "seconds": quality_trial.trial.seconds,
-        "timing": timing,  # the run's own training and test seconds, also when this command skipped it
+        # The run's own training and test seconds, also when this command skipped it.
+        "timing": results.get("timing"),
+        # Its certificate, empirical Lipschitz bound and posterior-collapse diagnostics.
+        "model": results.get("model"),
         "settings": trial_settings(quality_trial.trial.command),
         "metrics": quality_trial.trial.metrics,
     }
+
+
+MODEL_COLUMNS = ("certified_lipschitz", "empirical_lipschitz", "latent_variance", "active_units")
+
+
+def model_markdown(entries: list[dict[str, Any]]) -> str:
+    """Per trial: the certified Lipschitz constant (an upper bound), the largest Jacobian norm found
+    (a lower bound), and the inliers' latent variance and active units (docs/method.md 5.1; near 0
+    when the posterior collapsed). Trials recorded before a column existed show n/a."""
+
+    def cell(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    lines = [
+        "**The trained models** (each run's `results.json` `model`; n/a: the run has no such value,"
+        " no certificate without a Lipschitz encoder, or it was recorded before the column existed)",
+        "",
+        "| inliers | variant | seed | " + " | ".join(f"`{name}`" for name in MODEL_COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(MODEL_COLUMNS),
+    ]
+    for entry in entries:
+        model = entry.get("model") or {}
+        cells = " | ".join(cell(model.get(name)) for name in MODEL_COLUMNS)
+        lines.append(f"| {entry['benchmark']} | `{entry['variant']}` | {entry['seed']} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 def whole_test_trials(trials: list[QualityTrial], scores: list[str]) -> list[QualityTrial]:
@@ -326,6 +354,7 @@ def write_table(
     """RESULTS_DIR/<name>.json (every trial's metrics, the protocol, the hardware, the wall time)
     and <name>.md; exits non-zero naming the failed trials, after writing what finished."""
     table = aggregate(trials)
+    entries = [trial_entry(quality_trial) for quality_trial in trials]
     ran = [quality_trial.trial for quality_trial in trials if quality_trial.trial.status == "completed"]
     result = {
         "command": " ".join(["python -m benchmarks.quality", *arguments]),
@@ -333,12 +362,13 @@ def write_table(
         "wall_s": wall_s,
         "trials_run": len(ran),
         "trial_seconds": sum(trial.seconds or 0.0 for trial in ran),
-        "trials": [trial_entry(quality_trial) for quality_trial in trials],
+        "trials": entries,
         "table": table,
     }
     path = write_result(name, result, args.results_dir)
     with atomic_open(args.results_dir / f"{name}.md", "w") as stream:
         stream.write(markdown(table, args.variants))
+        stream.write("\n" + model_markdown(entries))
     failed = [quality_trial.trial.name for quality_trial in trials if quality_trial.trial.status == "failed"]
     print(f"{len(ran)} trials run in {wall_s:.0f} s; wrote {path} and {args.results_dir / f'{name}.md'}")
     if failed:

@@ -73,6 +73,11 @@ def test_the_command_runs_real_trials_and_writes_the_table(tmp_path: Path, data_
         f"| mnist | fashion_mnist | `hole_knn` | {auroc['mean']:.3f} ± 0.000 |"
         in (tmp_path / "results" / "quality.md").read_text()
     )
+    # The trained model's certificate, Lipschitz lower bound and collapse diagnostics, as the run has them.
+    model = json.loads((tmp_path / "runs" / "mnist_alexandroff_seed0" / "results.json").read_text())["model"]
+    assert trial["model"] == model
+    cells = " | ".join(f"{model[name]:.4g}" for name in quality.MODEL_COLUMNS)
+    assert f"| mnist | `alexandroff` | 0 | {cells} |" in (tmp_path / "results" / "quality.md").read_text()
 
     # A second run finds the finished trial and does not train it again.
     quality.main(arguments)
