@@ -89,6 +89,11 @@ def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
+def read_json_if_any(path: Path) -> dict[str, Any]:
+    """A JSON file's content, or {} where it was not written (yet): an earlier record, a run's results."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def result_path(name: str, directory: Path = RESULTS_DIR) -> Path:
     return directory / f"{name}.json"
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     evaluate_command,
     hardware_info,
+    read_json_if_any,
     result_path,
     study_environment,
     write_result,
@@ -49,7 +49,6 @@ from benchmarks.quality import BENCHMARKS, REPO_ROOT
 from benchmarks.study_record import (
     carried_collapse,
     carried_selection,
-    load_record,
     merge_tables,
     thinner_cells,
 )
@@ -685,13 +684,11 @@ def plot_study(table: dict[str, Any], directory: Path) -> list[Path]:
     return written
 
 
-def lost_selection_entries(previous: Path, selection: dict[str, dict[str, Any]]) -> list[str]:
-    """The (candidate, inlier set) seed-0 runs an existing results file records and ``selection``
-    lacks: run folders are not kept in the repository, so a report from a fresh machine, or from
-    a part of the candidates, would overwrite the study's record with less."""
-    if not previous.is_file():
-        return []
-    recorded = json.loads(previous.read_text()).get("selection", {})
+def lost_selection_entries(record: dict[str, Any], selection: dict[str, dict[str, Any]]) -> list[str]:
+    """The (candidate, inlier set) seed-0 runs the study's record (``compact_study.json``) holds and
+    ``selection`` lacks, even with the record's carried entries: run folders are not kept in the
+    repository, so such a report would overwrite the study's record with less."""
+    recorded = record.get("selection", {})
     return [
         f"{candidate}/{benchmark}"
         for candidate, by_benchmark in recorded.items()
@@ -733,7 +730,7 @@ def main(arguments: list[str] | None = None) -> None:
         run_trials([run.trial for run in runs], args.out_dir / "logs", args.jobs)
     # Candidates whose runs are gone from this machine enter by their record (docs/compact_study.md,
     # round 8; benchmarks/study_record.py); those with runs on disk are measured.
-    record = load_record(result_path("compact_study", args.results_dir))
+    record = read_json_if_any(result_path("compact_study", args.results_dir))
     on_disk = {run.candidate for run in runs if (run.trial.out_dir / "results.json").is_file()}
     selection: dict[str, dict[str, Any]] = {}
     if args.stage in ("select", "confirm", "report", "all"):
@@ -753,7 +750,7 @@ def main(arguments: list[str] | None = None) -> None:
         confirmations = confirm_trials(runs, winner, args.confirm_max_eval_samples, args.confirm_scores)
         run_trials(confirmations, args.out_dir / "logs", args.jobs)
     if args.stage in ("report", "all"):
-        lost = lost_selection_entries(result_path("compact_study", args.results_dir), selection)
+        lost = lost_selection_entries(record, selection)
         if lost:
             parser.error(
                 f"{result_path('compact_study', args.results_dir)} records selection runs that "
@@ -788,7 +785,6 @@ def main(arguments: list[str] | None = None) -> None:
             "candidates": {name: CANDIDATES[name] for name in args.candidates},
             "hole_scores": HOLE_SCORES,
             "budget": BUDGET,
-            "omp_num_threads": os.environ["OMP_NUM_THREADS"],
             "selection": selection,
             "selection_rows": rows,
             "winner": winner,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import statistics
 import sys
@@ -46,7 +45,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, default_config, evaluate_command, study_environment, write_result
+from benchmarks.common import (
+    RESULTS_DIR,
+    default_config,
+    evaluate_command,
+    read_json_if_any,
+    study_environment,
+    write_result,
+)
 from common.atomic_io import atomic_open
 from experiments.sweep import Trial, run_trials
 from lightning_modules.config import VARIANTS_BY_NAME
@@ -136,7 +142,7 @@ def take_recorded(trials: list[QualityTrial], previous: Path) -> list[QualityTri
     them. A trial with a results.json in its folder is read from there as usual. After a change to
     code that trains or scores, move quality.json away so that every trial runs again.
     """
-    record = json.loads(previous.read_text()) if previous.is_file() else {}
+    record = read_json_if_any(previous)
     if record.get("protocol", {}).get("config_sha256") != config_sha256():
         return trials
     found = {(entry["benchmark"], entry["variant"], entry["seed"]): entry for entry in record["trials"]}
@@ -173,8 +179,7 @@ def trial_entry(quality_trial: QualityTrial) -> dict[str, Any]:
     """A trial's line of the results file: what it measured, how long it took, what it ran with."""
     if quality_trial.record is not None:
         return {**quality_trial.record, "status": "recorded"}
-    results_path = quality_trial.trial.out_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = read_json_if_any(quality_trial.trial.out_dir / "results.json")
     return {
         **quality_trial.trial.parameters,
         "status": quality_trial.trial.status,

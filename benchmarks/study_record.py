@@ -10,15 +10,9 @@ is not carried, and the report refuses to drop it (``compact_study.lost_selectio
 
 from __future__ import annotations
 
-import json
+import copy
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
-
-
-def load_record(path: Path) -> dict[str, Any]:
-    """The study's results file, or {} where none was written yet."""
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def carried_selection(
@@ -59,7 +53,7 @@ def merge_tables(measured: Table, recorded: Table, on_disk: set[str]) -> Table:
     """``measured`` plus every recorded cell of a candidate without runs on disk. A candidate with
     runs on disk is measured, never mixed with its record: two trainings of one seed need not be
     bit-identical across machines, so one cell would otherwise average two replications."""
-    merged: Table = json.loads(json.dumps(measured))
+    merged: Table = copy.deepcopy(measured)
     for (benchmark, outlier, form, candidate), cell in table_cells(recorded):
         if candidate not in on_disk:
             merged.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(form, {})[candidate] = cell

@@ -180,10 +180,8 @@ def test_a_report_without_the_runs_refuses_to_overwrite_the_studys_record(tmp_pa
     assert refused.value.code == 2
     assert json.loads((results / "compact_study.json").read_text()) == record  # untouched
     found: dict[str, dict[str, Any]] = {"alexandroff_e10": {"fashion_mnist": {}}}
-    assert compact_study.lost_selection_entries(results / "compact_study.json", found) == [
-        "alexandroff_e10/mnist"
-    ]
-    assert compact_study.lost_selection_entries(tmp_path / "no_such.json", {}) == []
+    assert compact_study.lost_selection_entries(record, found) == ["alexandroff_e10/mnist"]
+    assert compact_study.lost_selection_entries({}, {}) == []
 
 
 def complete_entry(value: float) -> dict[str, Any]:
