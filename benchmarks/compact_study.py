@@ -364,13 +364,16 @@ COLLAPSE_CHECK_IMAGES = 2000
 
 
 @torch.no_grad()
-def is_collapsed(run_dir: Path) -> bool:
-    """Whether the run's selected checkpoint has collapsed (README, the rule's amendment):
-    hole_knn_recon's scales cannot be set from its first COLLAPSE_CHECK_IMAGES training inliers
-    with statistics [sq, ce, kl] (``scoring.joint.joint_weights`` raises). Training inliers only."""
+def collapse_check(run_dir: Path) -> dict[str, Any]:
+    """Whether the run's selected checkpoint has collapsed (README, the rule's amendments), from its
+    first COLLAPSE_CHECK_IMAGES training inliers only: hole_knn_recon's scales cannot be set from
+    them with statistics [sq, ce, kl] (``scoring.joint.joint_weights`` raises; 2026-11-30), or
+    their posterior locations' total variance is below ``COLLAPSED_VARIANCE`` (round 9;
+    docs/method.md 5.1: a collapse can leave the scales non-zero, round 8's d = 64 sphere did)."""
     from datamodules.ood_datamodule import OODDataModule
     from lightning_modules.factory import load_model
     from scoring.joint import DegenerateReferenceError, joint_weights
+    from scoring.latent_activity import COLLAPSED_VARIANCE, latent_activity
 
     config = OmegaConf.load(run_dir / "config.yaml")
     model = load_model(best_checkpoint(run_dir)).eval()
@@ -378,34 +381,63 @@ def is_collapsed(run_dir: Path) -> bool:
     datamodule.setup("fit")
     recording = ScoreConfig(names=["hole_knn_recon"], knn_recon_features=list(RECON_FEATURES))
     trained = record_reference(model, datamodule, recording, COLLAPSE_CHECK_IMAGES)
+    variance = latent_activity(trained["latent"])["latent_variance"]
     try:
         joint_weights(trained["latent"], trained["log_recon_statistics"], 3, 1.0)
+        unscalable = False
     except DegenerateReferenceError:
-        return True
-    return False
+        unscalable = True
+    return {
+        "collapsed": unscalable or variance < COLLAPSED_VARIANCE,
+        "unscalable": unscalable,
+        "latent_variance": variance,
+        "checkpoint": best_checkpoint(run_dir).name,
+    }
 
 
 def cached_collapse(run: StudyRun) -> bool | None:
-    """``is_collapsed`` of a finished run, kept in its folder (collapse.json); None while unfinished."""
+    """``collapse_check`` of a finished run, kept in its folder (collapse.json); None while
+    unfinished. A cache from before round 9 lacks the latent variance and is checked again."""
     path = run.trial.out_dir / "collapse.json"
     if path.is_file():
-        return bool(json.loads(path.read_text())["collapsed"])
+        cached = json.loads(path.read_text())
+        if "latent_variance" in cached:
+            return bool(cached["collapsed"])
     if not (run.trial.out_dir / "results.json").is_file():
         return None
-    collapsed = is_collapsed(run.trial.out_dir)
-    write_json(path, {"collapsed": collapsed, "checkpoint": best_checkpoint(run.trial.out_dir).name})
-    return collapsed
+    checked = collapse_check(run.trial.out_dir)
+    write_json(path, checked)
+    return bool(checked["collapsed"])
+
+
+class UndecidedRule(ValueError):
+    """The rule cannot choose: a candidate carried without some of the suite's corruptions may still
+    win (its worst case on the recorded pairs, an upper bound, reaches the measured winner's tie)."""
+
+    def __init__(self, candidates: list[str]) -> None:
+        self.candidates = candidates
+        super().__init__(
+            f"The rule cannot decide without {' '.join(candidates)}: their record lacks corruptions "
+            "added to the suite since, and their worst case on the recorded pairs reaches the tie of "
+            "the measured winner. Train their seed-0 runs: python -m benchmarks.compact_study "
+            f"--stage train --jobs 2 --candidates {' '.join(candidates)}"
+        )
 
 
 def select_winner(
     selection: dict[str, dict[str, Any]], collapsed: frozenset[str] = frozenset()
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The README's rule over admissible (candidate, hole score) pairs with both benchmarks measured;
-    ``collapsed`` names the candidates with a collapsed checkpoint among their seeds (inadmissible)."""
+    ``collapsed`` names the candidates with a collapsed checkpoint among their seeds (inadmissible).
+
+    A row carried without some corruptions (``partial``, benchmarks/study_record.py) has as its
+    worst case an upper bound on the full one: it is ruled out when that bound is below the tie of
+    the best complete row, and otherwise the rule cannot decide (``UndecidedRule``)."""
     rows = []
     for candidate, by_benchmark in selection.items():
         if set(by_benchmark) != set(BENCHMARKS):
             continue
+        missing = sorted(f"{b}/{c}" for b, result in by_benchmark.items() for c in result.get("missing", []))
         for score in HOLE_SCORES:
             values = [v for result in by_benchmark.values() for v in result["auroc"][score].values()]
             rows.append(
@@ -415,6 +447,7 @@ def select_winner(
                     "admissible": CANDIDATES[candidate]["compact"] and candidate not in collapsed,
                     "collapsed": candidate in collapsed,
                     "carried": any(result.get("carried", False) for result in by_benchmark.values()),
+                    "missing": missing,
                     "worst": min(values),
                     "mean": statistics.fmean(values),
                     "val_elbo": statistics.fmean(result["val_elbo"] for result in by_benchmark.values()),
@@ -424,10 +457,20 @@ def select_winner(
                 }
             )
     admissible = [row for row in rows if row["admissible"]]
-    if not admissible:
+    complete = [row for row in admissible if not row["missing"]]
+    best_worst = max((row["worst"] for row in complete), default=None)
+    undecided = sorted(
+        {
+            row["candidate"]
+            for row in admissible
+            if row["missing"] and (best_worst is None or best_worst - row["worst"] <= TIE)
+        }
+    )
+    if undecided:
+        raise UndecidedRule(undecided)
+    if best_worst is None:
         return {}, rows
-    best_worst = max(row["worst"] for row in admissible)
-    tied = [row for row in admissible if best_worst - row["worst"] <= TIE]
+    tied = [row for row in complete if best_worst - row["worst"] <= TIE]
     winner = max(tied, key=lambda row: (row["mean"], row["val_elbo"]))
     return winner, rows
 
@@ -599,9 +642,12 @@ def markdown(
     for row in sorted(rows, key=lambda row: -row["worst"]):
         mark = " **(winner)**" if row is winner else ""
         source = "record" if row.get("carried") else "runs"
+        # A row carried without round 9's corruptions: its worst case is an upper bound.
+        pairs = f" ({len(row['per_set'])} pairs)" if row.get("missing") else ""
+        bound = "≤ " if row.get("missing") else ""
         lines.append(
             f"| `{row['candidate']}`{mark} | `{row['score']}` | {admissibility(row)} | "
-            f"{row['worst']:.3f} | {row['mean']:.3f} | {row['val_elbo']:.1f} | {source} |"
+            f"{bound}{row['worst']:.3f} | {row['mean']:.3f}{pairs} | {row['val_elbo']:.1f} | {source} |"
         )
     lines += ["", "**Test AUROC** (mean ± std over seeds; `n` = seeds)", ""]
     lines.append("| inliers | outliers | score | " + " | ".join(f"`{c}`" for c in candidates) + " |")
@@ -745,7 +791,10 @@ def main(arguments: list[str] | None = None) -> None:
     collapsed = frozenset(run.candidate for run in runs if cached_collapse(run)) | {
         name for name in set(args.candidates) - on_disk if carried_collapse(record, name)
     }
-    winner, rows = select_winner(selection, collapsed)
+    try:
+        winner, rows = select_winner(selection, collapsed)
+    except UndecidedRule as undecided:
+        parser.error(str(undecided))
     if args.stage in ("confirm", "all") and winner:
         confirmations = confirm_trials(runs, winner, args.confirm_max_eval_samples, args.confirm_scores)
         run_trials(confirmations, args.out_dir / "logs", args.jobs)

@@ -5,7 +5,10 @@ collapse check and test tables are functions of its runs' checkpoints: the recor
 measurement. So a later round of the rule (docs/compact_study.md, round 8) measures what is on
 disk and takes every candidate whose runs are gone from the record, instead of training all of
 them again. What the record cannot supply (a hole score or corruption added since it was written)
-is not carried, and the report refuses to drop it (``compact_study.lost_selection_entries``).
+is not carried, and the report refuses to drop it (``compact_study.lost_selection_entries``). A
+corruption added to the suite since (round 9) leaves a carried entry partial: an upper bound on the
+candidate's worst case, enough to rule it out when the measured winner is clearly better, and
+otherwise a reason for the rule to refuse until the candidate is trained again.
 """
 
 from __future__ import annotations
@@ -23,14 +26,23 @@ def carried_selection(
     corruptions: Iterable[str],
 ) -> dict[str, Any] | None:
     """The recorded seed-0 suite entry of (candidate, benchmark), marked ``carried``, if it holds every
-    hole score against every corruption; else None (the run must be measured again)."""
+    hole score; else None (the run must be measured again). Corruptions added to the suite since the
+    record was written are listed in its ``missing``: the entry then bounds the candidate's worst
+    case from above (a worst case over more pairs can only be lower) and gives no full mean, which
+    ``compact_study.select_winner`` takes into account."""
     entry = record.get("selection", {}).get(candidate, {}).get(benchmark)
     if entry is None:
         return None
     aurocs = entry.get("auroc", {})
-    if not all(set(corruptions) <= set(aurocs.get(score, {})) for score in hole_scores):
+    if not all(score in aurocs for score in hole_scores):
         return None
-    return {**entry, "carried": True}
+    wanted = list(corruptions)
+    recorded = [name for name in wanted if all(name in aurocs[score] for score in hole_scores)]
+    if not recorded:
+        return None
+    kept = {score: {name: aurocs[score][name] for name in recorded} for score in hole_scores}
+    missing = [name for name in wanted if name not in recorded]
+    return {**entry, "auroc": kept, "carried": True, "missing": missing}
 
 
 def carried_collapse(record: dict[str, Any], candidate: str) -> bool:

@@ -5,7 +5,10 @@ nothing with the evaluation suite: no flips, no noise, no constant images, no se
 corruption takes uint8 ``[N, C, H, W]`` images and a seeded generator and returns new images of the
 same shape and dtype; the random ones depend only on the images and the seed. The first six keep
 the image's structure; the two *far* ones of round 3 (``pixel_permute``, ``mosaic``) destroy its
-fine structure, so the suite can also reward a score that sees inputs far from every inlier.
+fine structure, so the suite can also reward a score that sees inputs far from every inlier. Round
+9's two photometric ones (``contrast``, ``brightness``) keep the structure but move the pixel
+statistics out of the inliers' range: ImageNet-C's corruptions of those names (Hendrycks &
+Dietterich 2019) at its most severe level, 5.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ BLUR_SIGMA = 1.5  # pixels
 PATCH_GRID = 4  # patch_shuffle permutes a 4 x 4 grid of patches (7 x 7 pixels at 28 x 28)
 ERASE_FRACTION = 0.5  # erase blanks a square of half the image side (14 x 14 at 28 x 28)
 MOSAIC_CELL = 7  # mosaic averages cells of 7 x 7 pixels (a 4 x 4 mosaic at 28 x 28)
+# ImageNet-C's severity 5 of its contrast and brightness corruptions (Hendrycks & Dietterich 2019).
+CONTRAST_FACTOR = 0.05  # the deviation from the image's mean intensity is scaled by this
+BRIGHTNESS_SHIFT = 0.5  # added to every intensity in [0, 1] (ImageNet-C adds it to HSV's value)
 
 
 def invert(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -96,6 +102,21 @@ def mosaic(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return cells[..., :height, :width].round().to(torch.uint8).contiguous()
 
 
+def contrast(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Scale each image's deviation from its own mean intensity (per channel) by CONTRAST_FACTOR:
+    a nearly flat image at the inlier's mean grey, the garment or digit a faint trace in it."""
+    x = images.float()
+    means = x.mean(dim=(-2, -1), keepdim=True)
+    return ((x - means) * CONTRAST_FACTOR + means).round().clamp(0, 255).to(torch.uint8)
+
+
+def brightness(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Add BRIGHTNESS_SHIFT to every intensity (clipped at white): a grey background. For grey images
+    ImageNet-C's shift of HSV's value is exactly this shift of the intensity."""
+    shifted = images.float() + BRIGHTNESS_SHIFT * 255
+    return shifted.round().clamp(0, 255).to(torch.uint8)
+
+
 SELECTION_CORRUPTIONS: dict[str, Corruption] = {
     "invert": invert,
     "rot90": rot90,
@@ -105,6 +126,8 @@ SELECTION_CORRUPTIONS: dict[str, Corruption] = {
     "erase": erase,
     "pixel_permute": pixel_permute,
     "mosaic": mosaic,
+    "contrast": contrast,
+    "brightness": brightness,
 }
 
 

@@ -238,9 +238,67 @@ def test_a_report_from_fewer_seeds_than_the_record_refuses(tmp_path: Path) -> No
     write_results(run, {"knn_k": 3}, {"recon": 0.8})  # one seed of the three the record holds
     # The suite's and the collapse check's caches, as the select stage leaves them.
     (run.trial.out_dir / "selection.json").write_text(json.dumps(complete_entry(0.9)))
-    (run.trial.out_dir / "collapse.json").write_text(json.dumps({"collapsed": False}))
+    (run.trial.out_dir / "collapse.json").write_text(json.dumps({"collapsed": False, "latent_variance": 0.9}))
 
     with pytest.raises(SystemExit) as refused:
         compact_study.main([*report(tmp_path / "runs", results), "--candidates", "alexandroff_e10"])
     assert refused.value.code == 2
     assert json.loads((results / "compact_study.json").read_text()) == record  # untouched
+
+
+def test_a_record_without_a_new_corruption_bounds_the_worst_case_or_leaves_the_rule_undecided(
+    tmp_path: Path,
+) -> None:
+    """Round 9: a candidate carried from a record written before a corruption joined the suite
+    has only an upper bound on its worst case. It is ruled out when the bound lies below the tie of
+    the measured winner, and otherwise the rule refuses to choose until it is trained again."""
+    old_suite = [name for name in compact_study.SELECTION_CORRUPTIONS if name != "contrast"]
+
+    def entry(worst: float, corruptions: list[str]) -> dict[str, Any]:
+        aurocs = {score: dict.fromkeys(corruptions, 0.99) for score in compact_study.HOLE_SCORES}
+        for by_corruption in aurocs.values():
+            by_corruption["blur"] = worst
+        return {"auroc": aurocs, "val_elbo": -180.0}
+
+    def recorded(worst: float) -> dict[str, Any]:
+        return {
+            "selection": {"alexandroff_e10": dict.fromkeys(compact_study.BENCHMARKS, entry(worst, old_suite))}
+        }
+
+    measured = {
+        benchmark: entry(0.93, list(compact_study.SELECTION_CORRUPTIONS))
+        for benchmark in compact_study.BENCHMARKS
+    }
+    scores, corruptions = compact_study.HOLE_SCORES, compact_study.SELECTION_CORRUPTIONS
+    for bound, outcome in ((0.92, "ruled out"), (0.926, "undecided")):
+        carried = {
+            benchmark: compact_study.carried_selection(
+                recorded(bound), "alexandroff_e10", benchmark, scores, corruptions
+            )
+            for benchmark in compact_study.BENCHMARKS
+        }
+        assert all(found and found["missing"] == ["contrast"] for found in carried.values())
+        selection: dict[str, dict[str, Any]] = {
+            "alexandroff_d32_kl1_e10": measured,
+            "alexandroff_e10": carried,
+        }
+        if outcome == "ruled out":
+            winner, rows = compact_study.select_winner(selection)
+            assert winner["candidate"] == "alexandroff_d32_kl1_e10"
+            partial = next(row for row in rows if row["candidate"] == "alexandroff_e10")
+            assert partial["missing"] == ["fashion_mnist/contrast", "mnist/contrast"]
+            assert len(partial["per_set"]) == 2 * len(old_suite)
+            assert "| ≤ 0.920 |" in compact_study.markdown(winner, rows, {}, [])
+        else:
+            with pytest.raises(compact_study.UndecidedRule) as undecided:
+                compact_study.select_winner(selection)
+            assert undecided.value.candidates == ["alexandroff_e10"]
+
+    # On the command line the undecided rule is one clear message (exit status 2), nothing written.
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "compact_study.json").write_text(json.dumps(recorded(0.99)))
+    with pytest.raises(SystemExit) as refused:
+        compact_study.main(report(tmp_path / "fresh_machine", results))
+    assert refused.value.code == 2
+    assert not (results / "compact_study.md").exists()

@@ -16,7 +16,7 @@ from torch import Tensor
 from benchmarks import compact_study, joint_space_weights
 from benchmarks.common import default_config
 from experiments import train as train_cli
-from scoring import joint
+from scoring import joint, latent_activity
 from tests.helpers import QUICK, one_thread, tiny_overrides
 
 
@@ -76,10 +76,15 @@ def test_the_default_weight_reproduces_the_runs_own_test_aurocs(
     assert result["selection"]["0"] != result["selection"]["inf"]
 
     # The study's collapse check (training inliers only) passes a healthy model, and flags one
-    # whose joint scales cannot be set.
-    assert not compact_study.is_collapsed(run_dir)
+    # whose joint scales cannot be set, or whose latents vary less than the threshold (round 9).
+    healthy = compact_study.collapse_check(run_dir)
+    assert not healthy["collapsed"] and healthy["latent_variance"] > latent_activity.COLLAPSED_VARIANCE
+    monkeypatch.setattr(latent_activity, "COLLAPSED_VARIANCE", healthy["latent_variance"] * 1.01)
+    assert compact_study.collapse_check(run_dir)["collapsed"]
+    monkeypatch.undo()
     monkeypatch.setattr(joint, "joint_weights", refuse)
-    assert compact_study.is_collapsed(run_dir)
+    refused = compact_study.collapse_check(run_dir)
+    assert refused["collapsed"] and refused["unscalable"]
 
     # The report: one row per (model, inlier set, outlier set), the suite's worst case, a figure.
     summary = {group: joint_space_weights.summarise([result], group) for group in ("selection", "test")}

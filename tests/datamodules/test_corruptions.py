@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.corruptions import ERASE_FRACTION, MOSAIC_CELL, SELECTION_CORRUPTIONS, corrupt
+from datamodules.corruptions import (
+    BRIGHTNESS_SHIFT,
+    CONTRAST_FACTOR,
+    ERASE_FRACTION,
+    MOSAIC_CELL,
+    SELECTION_CORRUPTIONS,
+    corrupt,
+)
 from datamodules.transforms import OUTLIER_TRANSFORMS
 
 
@@ -59,3 +66,17 @@ def test_pixel_permute_keeps_each_images_intensities_and_mosaic_is_constant_per_
     assert (cells == cells[..., :1, :1]).all()
     expected = x[:, 0, :MOSAIC_CELL, :MOSAIC_CELL].float().mean(dim=(1, 2)).round()
     assert torch.equal(tiled[:, 0, 0, 0].float(), expected)
+
+
+def test_contrast_keeps_each_images_mean_and_brightness_lifts_the_background() -> None:
+    x = images()
+    flat = corrupt("contrast", x, seed=5).float()
+    means = x.float().mean(dim=(-2, -1))
+    assert torch.allclose(flat.mean(dim=(-2, -1)), means, atol=0.5)  # up to rounding
+    deviation = (x.float() - means[..., None, None]).abs().amax()
+    assert (flat - means[..., None, None]).abs().amax() <= CONTRAST_FACTOR * deviation + 0.5
+    black = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    black[:, :, 10:18, 10:18] = 250
+    lifted = corrupt("brightness", black, seed=5)
+    assert (lifted[:, :, :5] == round(BRIGHTNESS_SHIFT * 255)).all()
+    assert (lifted[:, :, 10:18, 10:18] == 255).all()
