@@ -62,25 +62,29 @@ def table_cells(table: Table) -> Iterable[tuple[tuple[str, str, str, str], dict[
 
 
 def merge_tables(measured: Table, recorded: Table, on_disk: set[str]) -> Table:
-    """``measured`` plus every recorded cell of a candidate without runs on disk. A candidate with
-    runs on disk is measured, never mixed with its record: two trainings of one seed need not be
-    bit-identical across machines, so one cell would otherwise average two replications."""
-    merged: Table = copy.deepcopy(measured)
+    """The measured cells of the candidates in ``on_disk`` plus every recorded cell of the others. A
+    candidate is measured or recorded, never mixed: two trainings of one seed need not be
+    bit-identical across machines, so one column would otherwise hold two replications."""
+    merged: Table = {}
+    for (benchmark, outlier, form, candidate), cell in table_cells(measured):
+        if candidate in on_disk:
+            merged.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(form, {})[candidate] = cell
     for (benchmark, outlier, form, candidate), cell in table_cells(recorded):
         if candidate not in on_disk:
             merged.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(form, {})[candidate] = cell
-    return merged
+    return copy.deepcopy(merged)
 
 
-def thinner_cells(measured: Table, recorded: Table, on_disk: set[str]) -> list[str]:
-    """The recorded cells of candidates on disk that the measured table would replace with fewer
-    seeds (or drop): a report from a part of a candidate's runs would lose measurements."""
-    thinner = []
-    for key, cell in table_cells(recorded):
-        benchmark, outlier, form, candidate = key
+def tested_by_record(measured: Table, recorded: Table, on_disk: set[str]) -> set[str]:
+    """The candidates with runs on disk whose test cells stay the record's, whole: the runs would
+    drop a recorded cell or replace it with fewer seeds. Round 9 trained seed 0 of earlier
+    candidates again for the suite: their suite entries are measured, their test tables (more
+    seeds, and score forms of their day) kept."""
+    kept = set()
+    for (benchmark, outlier, form, candidate), cell in table_cells(recorded):
         if candidate not in on_disk:
             continue
         found = measured.get(benchmark, {}).get(outlier, {}).get(form, {}).get(candidate)
         if found is None or found["seeds"] < cell["seeds"]:
-            thinner.append("/".join(key))
-    return thinner
+            kept.add(candidate)
+    return kept
