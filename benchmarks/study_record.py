@@ -25,22 +25,21 @@ def carried_selection(
     hole_scores: Iterable[str],
     corruptions: Iterable[str],
 ) -> dict[str, Any] | None:
-    """The recorded seed-0 suite entry of (candidate, benchmark), marked ``carried``, if it holds every
-    hole score; else None (the run must be measured again). Corruptions added to the suite since the
-    record was written are listed in its ``missing``: the entry then bounds the candidate's worst
-    case from above (a worst case over more pairs can only be lower) and gives no full mean, which
-    ``compact_study.select_winner`` takes into account."""
+    """The recorded seed-0 suite entry of (candidate, benchmark), marked ``carried``, with the hole
+    scores it holds (round 10's are not scored on carried trainings); None without any. Corruptions
+    added to the suite since the record was written are listed in its ``missing``: the entry then
+    bounds the candidate's worst case from above (a worst case over more pairs can only be lower)
+    and gives no full mean, which ``compact_study.select_winner`` takes into account."""
     entry = record.get("selection", {}).get(candidate, {}).get(benchmark)
     if entry is None:
         return None
     aurocs = entry.get("auroc", {})
-    if not all(score in aurocs for score in hole_scores):
-        return None
+    scored = [score for score in hole_scores if score in aurocs]
     wanted = list(corruptions)
-    recorded = [name for name in wanted if all(name in aurocs[score] for score in hole_scores)]
+    recorded = [name for name in wanted if scored and all(name in aurocs[score] for score in scored)]
     if not recorded:
         return None
-    kept = {score: {name: aurocs[score][name] for name in recorded} for score in hole_scores}
+    kept = {score: {name: aurocs[score][name] for name in recorded} for score in scored}
     missing = [name for name in wanted if name not in recorded]
     return {**entry, "auroc": kept, "carried": True, "missing": missing}
 

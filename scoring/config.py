@@ -67,6 +67,11 @@ class ScoreConfig:
     # inliers' own, so inputs whose statistics lie beyond the inliers' range score higher. 0.99
     # since round 7 of the selection rule (round 6's default had none).
     knn_recon_guard: float | None = 0.99
+    # The guard's own statistics (RECON_FEATURES) and relative weight: null = the joint space's
+    # (knn_recon_features, knn_recon_weight). A guard on other statistics (e.g. with the KL) sees
+    # far outliers by statistics that would blur the joint space's ranking of near ones.
+    knn_recon_guard_features: list[str] | None = None
+    knn_recon_guard_weight: float | None = None
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     # Queries per block of the exact kNN search (null: sized from a fixed memory budget).
@@ -107,13 +112,10 @@ class ScoreConfig:
                 f"'scores.knn_recon_guard'={self.knn_recon_guard} must be a quantile in (0, 1) "
                 "(e.g. 0.99), or null for no guard."
             )
-        for feature in self.knn_recon_features:
-            check_choice("scores.knn_recon_features", feature, RECON_FEATURES)
-        if not self.knn_recon_features or len(set(self.knn_recon_features)) < len(self.knn_recon_features):
-            raise ValueError(
-                f"'scores.knn_recon_features'={list(self.knn_recon_features)} must name at least one of "
-                f"{', '.join(RECON_FEATURES)}, each once."
-            )
+        check_features("scores.knn_recon_features", self.knn_recon_features)
+        if self.knn_recon_guard_features is not None:
+            check_features("scores.knn_recon_guard_features", self.knn_recon_guard_features)
+        check_at_least("scores.knn_recon_guard_weight", self.knn_recon_guard_weight, 0, strict=True)
         check_at_least("scores.knn_chunk_size", self.knn_chunk_size, 1)
         check_at_least("scores.val_every_n_epochs", self.val_every_n_epochs, 0)
         check_at_least("scores.val_max_samples", self.val_max_samples, 1)
@@ -136,3 +138,32 @@ class ScoreConfig:
                 f"{self.val_reference_size}, the hole_knn reference at validation: the k-th neighbour "
                 "must exist. Raise scores.val_reference_size or set scores.val_every_n_epochs=0."
             )
+
+
+def check_features(key: str, features: list[str]) -> None:
+    for feature in features:
+        check_choice(key, feature, RECON_FEATURES)
+    if not features or len(set(features)) < len(features):
+        raise ValueError(
+            f"'{key}'={list(features)} must name at least one of {', '.join(RECON_FEATURES)}, each once."
+        )
+
+
+def guard_features(settings: ScoreConfig) -> list[str]:
+    """The statistics of hole_knn_recon's far-statistics guard: its own, or the joint space's."""
+    return list(settings.knn_recon_guard_features or settings.knn_recon_features)
+
+
+def recorded_recon_features(settings: ScoreConfig) -> list[str]:
+    """The log statistics hole_knn_recon records per input, in column order: the joint space's first,
+    then those only the guard uses (``scoring.joint``: the joint space reads the first columns)."""
+    joint = list(settings.knn_recon_features)
+    if settings.knn_recon_guard is None:
+        return joint
+    return joint + [name for name in guard_features(settings) if name not in joint]
+
+
+def guard_columns(settings: ScoreConfig) -> list[int]:
+    """The guard's statistics as columns of the recorded ones (``recorded_recon_features``)."""
+    recorded = recorded_recon_features(settings)
+    return [recorded.index(name) for name in guard_features(settings)]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from scoring.config import ScoreConfig
-from scoring.joint import guard_threshold, joint_points, joint_weights
+from scoring.config import ScoreConfig, guard_columns
+from scoring.joint import FarGuard, as_columns, joint_points, joint_weights
 from scoring.knn import reference_kth_distances
 from scoring.metrics import labelled_ood_metrics
 from scoring.model import ScoringModel
@@ -150,15 +150,19 @@ def build_reference(
             settings.knn_chunk_size,
         )
     if log_recon_statistics is not None:  # latents alone serve every score but hole_knn_recon
+        statistics = as_columns(log_recon_statistics)
+        joint_statistics = statistics[:, : len(settings.knn_recon_features)]
         reference.recon_weights = joint_weights(
-            latents, log_recon_statistics, settings.knn_k, settings.knn_recon_weight, settings.knn_chunk_size
+            latents, joint_statistics, settings.knn_k, settings.knn_recon_weight, settings.knn_chunk_size
         )
-        reference.joint = joint_points(latents, log_recon_statistics, reference.recon_weights)
+        reference.joint = joint_points(latents, joint_statistics, reference.recon_weights)
         if settings.knn_recon_guard is not None:
-            reference.guard_threshold = guard_threshold(
-                reference.joint,
-                latents.shape[1],
+            guard_weight = settings.knn_recon_guard_weight
+            reference.guard = FarGuard.fit(
+                latents,
+                statistics[:, guard_columns(settings)],
                 settings.knn_k,
+                settings.knn_recon_weight if guard_weight is None else guard_weight,
                 settings.knn_recon_guard,
                 settings.knn_chunk_size,
             )

@@ -6,12 +6,14 @@ Each input becomes the point ``[l(x), w_1 * log s_1(x), ..., w_E * log s_E(x)]``
 the reconstruction, KL of the posterior); its vacancy is the mean Euclidean distance to the k
 nearest training inliers in that space. Each ``w_e`` comes from the inliers alone
 (``joint_weights``), so one weight setting means the same for any model and any statistic. The
-optional far-statistics guard (``guard_threshold``, ``joint_score``) adds how far an input's
+optional far-statistics guard (``FarGuard``, ``joint_score``) adds how far an input's
 statistics alone lie beyond the inliers' range. Plain tensors in, plain tensors out: the score
 registry and ``HoleDetector`` share these functions.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -110,15 +112,42 @@ def statistics_block(log_statistics: Tensor, weights: Tensor) -> Tensor:
     return as_columns(log_statistics) * weights.double()
 
 
-def guard_threshold(
-    joint_reference: Tensor, latent_dim: int, k: int, quantile: float, chunk_size: int | None = None
-) -> Tensor:
-    """The ``quantile`` of the reference inliers' own (leave-one-out) mean distance to their k
-    nearest others in the statistics block of their joint points (the columns after the first
-    ``latent_dim``): where the inliers' range of statistics ends."""
-    block = joint_reference[:, latent_dim:]
-    own, _ = knn_distances(block, block, k, "euclidean", chunk_size, exclude_self=True)
-    return torch.quantile(own.double().mean(dim=1), quantile)
+@dataclass
+class FarGuard:
+    """hole_knn_recon's far-statistics guard (docs/method.md 4.1): where the reference inliers' range
+    of log statistics ends, in a space of those statistics alone, each scaled as in the joint space.
+
+    Its statistics are the joint space's own by default; ``scores.knn_recon_guard_features`` can
+    name others (the posterior's KL, say), so that the guard sees far outliers by statistics that
+    would blur the joint space's ranking of near ones.
+    """
+
+    weights: Tensor  # [G] scale of each statistic (joint_weights)
+    block: Tensor  # [N, G] the reference inliers' scaled statistics
+    threshold: Tensor  # the quantile of their own (leave-one-out) mean distance to their k nearest
+
+    @classmethod
+    def fit(
+        cls,
+        latents: Tensor,
+        log_statistics: Tensor,
+        k: int,
+        relative_weight: float,
+        quantile: float,
+        chunk_size: int | None = None,
+    ) -> FarGuard:
+        """The guard of reference inliers with these latents (for the scales) and log statistics."""
+        weights = joint_weights(latents, log_statistics, k, relative_weight, chunk_size)
+        block = statistics_block(log_statistics, weights)
+        own, _ = knn_distances(block, block, k, "euclidean", chunk_size, exclude_self=True)
+        return cls(weights, block, torch.quantile(own.double().mean(dim=1), quantile))
+
+    def excess(self, log_statistics: Tensor, k: int, chunk_size: int | None = None) -> Tensor:
+        """``[N]`` how far each input's mean distance to its k nearest reference inliers in the
+        guard's space exceeds the threshold (0 within the inliers' range)."""
+        block = statistics_block(log_statistics, self.weights)
+        distances, _ = knn_distances(block, self.block, k, "euclidean", chunk_size)
+        return (distances.double().mean(dim=1) - self.threshold).clamp_min(0)
 
 
 def joint_score(
@@ -126,16 +155,16 @@ def joint_score(
     log_statistics: Tensor,
     joint_reference: Tensor,
     weights: Tensor,
-    guard: Tensor | None,
     k: int,
     chunk_size: int | None = None,
+    guard: FarGuard | None = None,
+    guard_statistics: Tensor | None = None,
 ) -> Tensor:
-    """``[N]`` hole_knn_recon: the joint vacancy, plus with a ``guard`` threshold
-    (``guard_threshold``) how far each input's vacancy in the statistics block alone exceeds it (0
-    within it), in the joint space's units (docs/method.md 4.1, the far-statistics guard)."""
+    """``[N]`` hole_knn_recon: the joint vacancy, plus with a ``guard`` how far each input's
+    ``guard_statistics`` (by default its joint statistics) lie beyond the inliers' range, in the
+    joint space's units (docs/method.md 4.1, the far-statistics guard)."""
     vacancy = joint_vacancy(latents, log_statistics, joint_reference, weights, k, chunk_size)
     if guard is None:
         return vacancy
-    block = joint_reference[:, latents.shape[1] :]
-    distances, _ = knn_distances(statistics_block(log_statistics, weights), block, k, "euclidean", chunk_size)
-    return vacancy + (distances.double().mean(dim=1) - guard).clamp_min(0)
+    guarded = log_statistics if guard_statistics is None else guard_statistics
+    return vacancy + guard.excess(guarded, k, chunk_size)

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from scoring.config import SCORE_NAMES, ScoreConfig
+from scoring.config import SCORE_NAMES, ScoreConfig, guard_columns, recorded_recon_features
 from scoring.input_complexity import input_complexity_score
-from scoring.joint import cross_entropy, joint_score, log_statistic, squared_error
+from scoring.joint import FarGuard, cross_entropy, joint_score, log_statistic, squared_error
 from scoring.knn import hole_knn_score
 from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
 from scoring.model import Encoding, ImportanceSamples, ScoringModel, batch_invariant_encoding
@@ -71,13 +71,15 @@ class ScoreContext:
         return self._kl
 
     def recon_statistics(self) -> Tensor:
-        """``[B, E]`` log statistics of hole_knn_recon's joint space (``scores.knn_recon_features`` order)."""
+        """``[B, E]`` log statistics of hole_knn_recon, in ``recorded_recon_features`` order: the joint
+        space's (``scores.knn_recon_features``), then any only its guard uses."""
         made = {
             "squared_error": lambda: self.reconstruction_error,
             "cross_entropy": lambda: cross_entropy(self.x, self.reconstruction),
             "kl": lambda: self.kl,
         }
-        return torch.stack([log_statistic(made[name]()) for name in self.settings.knn_recon_features], dim=1)
+        names = recorded_recon_features(self.settings)
+        return torch.stack([log_statistic(made[name]()) for name in names], dim=1)
 
     def samples(self, count: int) -> ImportanceSamples:
         if count not in self._samples:
@@ -179,8 +181,8 @@ class ReferenceLatents:
 
     ``joint`` holds the same inliers as points of the joint space of ``hole_knn_recon`` (latent
     location, weighted log reconstruction statistics), and ``recon_weights`` those weights; both are None
-    unless that score was asked for (``scoring.evaluation.build_reference``). ``guard_threshold`` is
-    the far-statistics guard's threshold (``scores.knn_recon_guard``), None without the guard.
+    unless that score was asked for (``scoring.evaluation.build_reference``). ``guard`` is the
+    far-statistics guard (``scores.knn_recon_guard``), None without it.
     """
 
     latents: Tensor
@@ -188,7 +190,7 @@ class ReferenceLatents:
     kth_distances: Tensor | None = None
     joint: Tensor | None = None
     recon_weights: Tensor | None = None
-    guard_threshold: Tensor | None = None
+    guard: FarGuard | None = None
 
 
 def hole_knn(queries: Tensor, reference: ReferenceLatents, settings: ScoreConfig) -> Tensor:
@@ -242,14 +244,16 @@ def hole_knn_recon(columns: dict[str, Tensor], reference: ReferenceLatents, sett
         raise ValueError(
             "hole_knn_recon needs a reference built with the inliers' reconstruction statistics."
         )
+    statistics = columns["log_recon_statistics"]
     return joint_score(
         columns["latent"],
-        columns["log_recon_statistics"],
+        statistics[:, : len(settings.knn_recon_features)],
         reference.joint,
         reference.recon_weights,
-        reference.guard_threshold,
         settings.knn_k,
         settings.knn_chunk_size,
+        reference.guard,
+        None if reference.guard is None else statistics[:, guard_columns(settings)],
     )
 
 

@@ -322,3 +322,35 @@ def test_a_record_without_a_new_corruption_bounds_the_worst_case_or_leaves_the_r
         compact_study.main(report(tmp_path / "fresh_machine", results))
     assert refused.value.code == 2
     assert not (results / "compact_study.md").exists()
+
+
+def test_round_10s_scores_rank_only_the_trainings_measured_with_them() -> None:
+    """A record from before round 10 lacks its scores: the carried training keeps its rows of the
+    earlier scores (bounds on the worst case as before) and gets none of the new ones."""
+    new_scores = [name for name in compact_study.HOLE_SCORES if "_on_sq_ce_kl_" in name]
+    assert len(new_scores) == 14
+    old_scores = [name for name in compact_study.HOLE_SCORES if name not in new_scores]
+    corruptions = list(compact_study.SELECTION_CORRUPTIONS)
+    old = {"auroc": {score: dict.fromkeys(corruptions, 0.9) for score in old_scores}, "val_elbo": -180.0}
+    record = {"selection": {"alexandroff_e10": dict.fromkeys(compact_study.BENCHMARKS, old)}}
+    carried = {
+        benchmark: compact_study.carried_selection(
+            record, "alexandroff_e10", benchmark, compact_study.HOLE_SCORES, corruptions
+        )
+        for benchmark in compact_study.BENCHMARKS
+    }
+    measured = {
+        benchmark: {
+            "auroc": {score: dict.fromkeys(corruptions, 0.95) for score in compact_study.HOLE_SCORES},
+            "val_elbo": -180.0,
+        }
+        for benchmark in compact_study.BENCHMARKS
+    }
+    winner, rows = compact_study.select_winner(
+        {"alexandroff_e10": carried, "alexandroff_d32_kl1_e10": measured}
+    )
+    assert winner["candidate"] == "alexandroff_d32_kl1_e10"
+    assert {row["score"] for row in rows if row["candidate"] == "alexandroff_e10"} == set(old_scores)
+    assert {row["score"] for row in rows if row["candidate"] == "alexandroff_d32_kl1_e10"} == set(
+        compact_study.HOLE_SCORES
+    )

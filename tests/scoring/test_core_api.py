@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 from scoring import HoleDetector, ood_metrics
-from scoring.config import ScoreConfig
+from scoring.config import ScoreConfig, guard_columns, recorded_recon_features
 from scoring.evaluation import build_reference, concatenate, deduplicate, evaluate, score_record
+from scoring.joint import joint_weights
 from scoring.knn import hole_knn_score
 from scoring.registry import REFERENCE_SCORES, hole_knn
 from tests.helpers import REPO_ROOT
@@ -195,12 +196,12 @@ def test_the_far_statistics_guard_adds_only_the_excess_beyond_the_inliers_range(
     reference = build_reference(latents, "euclidean", settings, log_stats)
     plain = build_reference(latents, "euclidean", plain_settings, log_stats)
     weights = reference.recon_weights
-    assert weights is not None and plain.guard_threshold is None
+    assert weights is not None and plain.guard is None and reference.guard is not None
 
     block = log_stats * weights
     own = torch.cdist(block, block).fill_diagonal_(float("inf")).topk(3, largest=False).values.mean(1)
     threshold = torch.quantile(own, 0.99)
-    torch.testing.assert_close(reference.guard_threshold, threshold)
+    torch.testing.assert_close(reference.guard.threshold, threshold)
 
     # Query 0: an inlier's statistics (within range); query 1: statistics far beyond every inlier's.
     queries = {
@@ -217,6 +218,51 @@ def test_the_far_statistics_guard_adds_only_the_excess_beyond_the_inliers_range(
     # The detector API computes the same score.
     detector = HoleDetector(k=3, recon_guard=0.99).fit(latents, log_stats)
     torch.testing.assert_close(detector.score(queries["latent"], queries["log_recon_statistics"]), guarded)
+
+
+def test_a_guard_on_statistics_of_its_own_measures_those_and_keeps_the_joint_space() -> None:
+    """scores.knn_recon_guard_features: the joint space keeps its statistics (the first recorded
+    columns), the guard measures its own, scaled at its own weight; brute force, and the detector
+    API with guard_statistics computes the same score."""
+    generator = torch.Generator().manual_seed(5)
+    latents = torch.randn(300, 3, generator=generator, dtype=torch.float64)
+    recorded = torch.randn(300, 3, generator=generator, dtype=torch.float64)  # [sq, ce, kl]
+    settings = ScoreConfig(
+        names=["hole_knn_recon"],
+        knn_k=3,
+        knn_recon_features=["squared_error", "cross_entropy"],
+        knn_recon_guard_features=["kl", "squared_error"],
+        knn_recon_guard_weight=2.0,
+    )
+    assert recorded_recon_features(settings) == ["squared_error", "cross_entropy", "kl"]
+    assert guard_columns(settings) == [2, 0]
+    reference = build_reference(latents, "euclidean", settings, recorded)
+    plain = build_reference(latents, "euclidean", ScoreConfig(knn_k=3, knn_recon_guard=None), recorded[:, :2])
+    assert reference.guard is not None and reference.joint is not None and plain.joint is not None
+    torch.testing.assert_close(reference.joint, plain.joint)
+    own = recorded[:, [2, 0]]
+    torch.testing.assert_close(reference.guard.weights, joint_weights(latents, own, 3, 2.0))
+
+    # A query whose KL lies far beyond the inliers' while its joint statistics are an inlier's.
+    far = torch.tensor([[recorded[0, 0], recorded[0, 1], 40.0]], dtype=torch.float64)
+    queries = {"latent": latents[:1] + 0.01, "log_recon_statistics": far}
+    guarded = REFERENCE_SCORES["hole_knn_recon"](queries, reference, settings)
+    unguarded = REFERENCE_SCORES["hole_knn_recon"](
+        {**queries, "log_recon_statistics": far[:, :2]}, plain, ScoreConfig(knn_k=3, knn_recon_guard=None)
+    )
+    block = own * reference.guard.weights
+    asked = far[:, [2, 0]] * reference.guard.weights
+    vacancy = torch.cdist(asked, block).topk(3, largest=False).values.mean(1)
+    torch.testing.assert_close(guarded, unguarded + vacancy - reference.guard.threshold)
+    assert bool(guarded > unguarded)
+
+    detector = HoleDetector(k=3, recon_guard=0.99, recon_guard_weight=2.0)
+    detector.fit(latents, recorded[:, :2], guard_statistics=own)
+    torch.testing.assert_close(
+        detector.score(queries["latent"], far[:, :2], guard_statistics=far[:, [2, 0]]), guarded
+    )
+    with pytest.raises(ValueError, match="guard_statistics"):
+        detector.score(queries["latent"], far[:, :2])
 
 
 @pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5, -0.1])
