@@ -143,8 +143,9 @@ def test_the_classical_best_counts_only_forms_measured_on_as_many_seeds_as_the_w
         for line in compact_study.confirmation_markdown(winner, table, "test").splitlines()
         if line.startswith("| fashion_mnist | constant |")
     )
-    # Columns: winner, same score per classical row (e3, e10, d32, d64), best per classical row.
-    assert row.split(" | ")[-5:-1] == ["0.960 (`neg_elbo`)", "0.970 (`recon`)", "n/a", "n/a"]
+    # Columns: winner, same score per classical row (e3, e10, d32, d64, d32 with warm-up), best per
+    # classical row.
+    assert row.split(" | ")[-6:-1] == ["0.960 (`neg_elbo`)", "0.970 (`recon`)", "n/a", "n/a", "n/a"]
 
 
 def test_every_joint_space_form_is_also_a_candidate_with_the_far_statistics_guard() -> None:
@@ -353,4 +354,35 @@ def test_round_10s_scores_rank_only_the_trainings_measured_with_them() -> None:
     assert {row["score"] for row in rows if row["candidate"] == "alexandroff_e10"} == set(old_scores)
     assert {row["score"] for row in rows if row["candidate"] == "alexandroff_d32_kl1_e10"} == set(
         compact_study.HOLE_SCORES
+    )
+
+
+def test_a_new_winner_starts_its_own_confirmation_and_keeps_the_earlier_one(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    cell = {"mean": 0.96, "std": 0.01, "seeds": 3}
+    earlier_table = {"fashion_mnist": {"constant": {"hole_knn_recon": {"alexandroff_e10": cell}}}}
+    record: dict[str, Any] = {
+        "selection": {
+            "alexandroff_d32_kl1_e10": {"fashion_mnist": complete_entry(0.95), "mnist": complete_entry(0.97)}
+        },
+        "winner": {"candidate": "alexandroff_e10", "score": "hole_knn"},
+        "confirmation": {"max_eval_samples": None, "test_auroc": earlier_table},
+        "test_auroc": {"fashion_mnist": {"mnist": {"recon": {"alexandroff_d32_kl1_e10": cell}}}},
+    }
+    (results / "compact_study.json").write_text(json.dumps(record))
+
+    compact_study.main(report(tmp_path / "fresh_machine", results))
+
+    written = json.loads((results / "compact_study.json").read_text())
+    assert written["winner"]["candidate"] == "alexandroff_d32_kl1_e10"
+    assert written["confirmation"]["test_auroc"] == {}
+    assert written["earlier_confirmations"] == [
+        {"winner": record["winner"], "max_eval_samples": None, "test_auroc": earlier_table}
+    ]
+    # Reported again with the same winner: nothing moves twice.
+    compact_study.main(report(tmp_path / "fresh_machine", results))
+    assert (
+        json.loads((results / "compact_study.json").read_text())["earlier_confirmations"]
+        == written["earlier_confirmations"]
     )
