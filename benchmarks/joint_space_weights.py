@@ -97,7 +97,10 @@ def run_aurocs(run_dir: Path, weights: list[float], max_eval_samples: int | None
     config = OmegaConf.load(run_dir / "config.yaml")
     model = load_model(best_checkpoint(run_dir)).eval()
     default = default_config().scores  # every run is scored with the default's k and statistics
-    recording = ScoreConfig(names=["hole_knn_recon"], knn_recon_features=list(default.knn_recon_features))
+    # The unguarded joint space's statistics only (a guard would record its own as well).
+    recording = ScoreConfig(
+        names=["hole_knn_recon"], knn_recon_features=list(default.knn_recon_features), knn_recon_guard=None
+    )
     data = {**OmegaConf.to_container(config.data), "max_eval_samples": max_eval_samples}  # type: ignore[dict-item]
     datamodule = OODDataModule(data)
     datamodule.setup("fit")

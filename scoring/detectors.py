@@ -35,11 +35,12 @@ class HoleDetector:
         statistic: KnnStatistic = ScoreConfig.knn_statistic,  # type: ignore[assignment]
         relative_recon_weight: float = ScoreConfig.knn_recon_weight,
         recon_guard: float | None = ScoreConfig.knn_recon_guard,
-        recon_guard_weight: float | None = ScoreConfig.knn_recon_guard_weight,
+        recon_guard_weight: float | None = None,
     ) -> None:
-        """k, statistic, the joint space's weight and its far-statistics guard (a quantile, or None;
-        its relative weight, None = the joint space's) default to the framework's defaults
-        (scoring.config.ScoreConfig); the joint space always uses the mean Euclidean distance."""
+        """k, statistic, the joint space's weight and its far-statistics guard (a quantile, or None)
+        default to the framework's defaults (scoring.config.ScoreConfig); the guard's relative
+        weight (None: the joint space's) and statistics (``guard_statistics`` of ``fit``) to the
+        joint space's. The joint space always uses the mean Euclidean distance."""
         self.k = k
         self.metric = metric
         self.chunk_size = chunk_size
