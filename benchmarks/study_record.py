@@ -4,11 +4,12 @@ Run folders do not outlive a session on this workplace's machines, yet a candida
 collapse check and test tables are functions of its runs' checkpoints: the record is their
 measurement. So a later round of the rule (docs/compact_study.md, round 8) measures what is on
 disk and takes every candidate whose runs are gone from the record, instead of training all of
-them again. What the record cannot supply (a hole score or corruption added since it was written)
-is not carried, and the report refuses to drop it (``compact_study.lost_selection_entries``). A
-corruption added to the suite since (round 9) leaves a carried entry partial: an upper bound on the
-candidate's worst case, enough to rule it out when the measured winner is clearly better, and
-otherwise a reason for the rule to refuse until the candidate is trained again.
+them again. The record supplies only what it measured. A corruption added to the suite since
+(round 9) leaves a carried entry partial: an upper bound on the candidate's worst case, enough to
+rule it out when the measured winner is clearly better, and otherwise a reason for the rule to
+refuse until the candidate is trained again. A hole score added since (round 10) has no row for a
+carried candidate. A recorded entry the runs cannot replace makes the report refuse rather than
+drop it (``compact_study.lost_selection_entries``).
 """
 
 from __future__ import annotations
