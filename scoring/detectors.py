@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from scoring.config import ScoreConfig
-from scoring.joint import FarGuard, joint_points, joint_score, joint_weights
+from scoring.joint import FarGuard, joint_points, joint_score, joint_weights, latent_spacing
 from scoring.knn import KnnMetric, KnnStatistic, hole_knn_score, reference_kth_distances
 
 
@@ -67,8 +67,9 @@ class HoleDetector:
         self._joint = self._weights = self._reference_kth = self._guard = None
         self._own_guard_statistics = guard_statistics is not None
         if log_statistics is not None:
+            spacing = latent_spacing(reference_latents, self.k, self.chunk_size)
             self._weights = joint_weights(
-                reference_latents, log_statistics, self.k, self.relative_recon_weight, self.chunk_size
+                reference_latents, log_statistics, self.k, self.relative_recon_weight, spacing=spacing
             )
             self._joint = joint_points(reference_latents, log_statistics, self._weights)
             if self.recon_guard is not None:
@@ -80,7 +81,7 @@ class HoleDetector:
                     self.k,
                     weight,
                     self.recon_guard,
-                    self.chunk_size,
+                    spacing=spacing,
                 )
         elif self.statistic == "relative":
             self._reference_kth = reference_kth_distances(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from scoring.config import ScoreConfig, guard_columns
-from scoring.joint import FarGuard, as_columns, joint_points, joint_weights
+from scoring.joint import FarGuard, as_columns, joint_points, joint_weights, latent_spacing
 from scoring.knn import reference_kth_distances
 from scoring.metrics import labelled_ood_metrics
 from scoring.model import ScoringModel
@@ -152,8 +152,9 @@ def build_reference(
     if log_recon_statistics is not None:  # latents alone serve every score but hole_knn_recon
         statistics = as_columns(log_recon_statistics)
         joint_statistics = statistics[:, : len(settings.knn_recon_features)]
+        spacing = latent_spacing(latents, settings.knn_k, settings.knn_chunk_size)
         reference.recon_weights = joint_weights(
-            latents, joint_statistics, settings.knn_k, settings.knn_recon_weight, settings.knn_chunk_size
+            latents, joint_statistics, settings.knn_k, settings.knn_recon_weight, spacing=spacing
         )
         reference.joint = joint_points(latents, joint_statistics, reference.recon_weights)
         if settings.knn_recon_guard is not None:
@@ -164,7 +165,7 @@ def build_reference(
                 settings.knn_k,
                 settings.knn_recon_weight if guard_weight is None else guard_weight,
                 settings.knn_recon_guard,
-                settings.knn_chunk_size,
+                spacing=spacing,
             )
     return reference
 

@@ -65,18 +65,29 @@ def joint_points(latents: Tensor, log_statistics: Tensor, weights: Tensor) -> Te
     return torch.cat([latents.double(), as_columns(log_statistics) * weights.double()], dim=1)
 
 
+def latent_spacing(latents: Tensor, k: int, chunk_size: int | None = None) -> Tensor:
+    """The median over reference latents of their mean distance to their k nearest others."""
+    own, _ = knn_distances(latents, latents, k, "euclidean", chunk_size, exclude_self=True)
+    return own.double().mean(dim=1).median()
+
+
 def joint_weights(
-    latents: Tensor, log_statistics: Tensor, k: int, relative_weight: float, chunk_size: int | None = None
+    latents: Tensor,
+    log_statistics: Tensor,
+    k: int,
+    relative_weight: float,
+    chunk_size: int | None = None,
+    spacing: Tensor | None = None,
 ) -> Tensor:
     """``[E]`` scales of hole_knn_recon: ``relative_weight`` (scores.knn_recon_weight) x (median
-    mean distance of a reference latent to its k nearest others) / (interquartile range of the
-    reference's values of each log statistic), docs/method.md 4.1.
+    mean distance of a reference latent to its k nearest others, ``latent_spacing``; pass it as
+    ``spacing`` when already known) / (interquartile range of the reference's values of each log
+    statistic), docs/method.md 4.1.
 
     Both scales come from the inliers alone, so the weight means the same for any model: one
     inlier IQR of a log statistic counts as ``relative_weight`` typical neighbour distances.
     """
-    own, _ = knn_distances(latents, latents, k, "euclidean", chunk_size, exclude_self=True)
-    spacing = own.double().mean(dim=1).median()
+    spacing = latent_spacing(latents, k, chunk_size) if spacing is None else spacing
     columns = as_columns(log_statistics)
     levels = torch.tensor([0.25, 0.75], dtype=torch.float64, device=columns.device)
     quartiles = torch.quantile(columns, levels, dim=0)
@@ -135,9 +146,11 @@ class FarGuard:
         relative_weight: float,
         quantile: float,
         chunk_size: int | None = None,
+        spacing: Tensor | None = None,
     ) -> FarGuard:
-        """The guard of reference inliers with these latents (for the scales) and log statistics."""
-        weights = joint_weights(latents, log_statistics, k, relative_weight, chunk_size)
+        """The guard of reference inliers with these latents (for the scales; or their
+        ``latent_spacing`` as ``spacing``, computed once for the joint space) and log statistics."""
+        weights = joint_weights(latents, log_statistics, k, relative_weight, chunk_size, spacing)
         block = statistics_block(log_statistics, weights)
         own, _ = knn_distances(block, block, k, "euclidean", chunk_size, exclude_self=True)
         return cls(weights, block, torch.quantile(own.double().mean(dim=1), quantile))
