@@ -189,6 +189,29 @@ HOLE_SCORES |= {
     and "kl" not in settings["knn_recon_features"]
     for weight in (1.0, 2.0)
 }  # fmt: skip
+# Round 11: the PNG length of the 8-bit image (input_complexity's L(x), Serra et al. 2020) as one
+# more log statistic: in the guard beside [sq, ce, kl], and in the joint space beside [sq, ce] too,
+# each at guard weights 1, 2 and 4, with round 10's default's joint weight; scored on the trainings
+# with runs on disk (round 9's three and the classical VAE with the default's training).
+GUARD_STATISTICS_PNG = [*GUARD_STATISTICS, "compressed_length"]
+HOLE_SCORES |= {
+    f"hole_knn_recon_{joint}_w1_guard0.99_on_sq_ce_kl_png_w{weight:g}": (
+        "hole_knn_recon",
+        {
+            "knn_k": 3,
+            "knn_recon_weight": 1.0,
+            "knn_recon_features": features,
+            "knn_recon_guard": 0.99,
+            "knn_recon_guard_features": GUARD_STATISTICS_PNG,
+            "knn_recon_guard_weight": weight,
+        },
+    )
+    for joint, features in (
+        ("ce", ["squared_error", "cross_entropy"]),
+        ("ce_png", ["squared_error", "cross_entropy", "compressed_length"]),
+    )
+    for weight in (1.0, 2.0, 4.0)
+}
 # Every score but the two costly baselines (input_complexity compresses PNGs, likelihood_regret
 # optimises an encoder per input): the quality benchmark reports those.
 TEST_SCORES = [name for name in SCORE_NAMES if name not in ("input_complexity", "likelihood_regret")]
@@ -378,6 +401,9 @@ def cached_selection(run: StudyRun) -> dict[str, Any] | None:
 
 
 COLLAPSE_CHECK_IMAGES = 2000
+# The model's statistics the collapse check scales (the criterion of 2026-11-30; a model-free
+# statistic such as round 11's compressed length cannot show a collapse).
+COLLAPSE_STATISTICS = ("squared_error", "cross_entropy", "kl")
 
 
 @torch.no_grad()
@@ -396,7 +422,7 @@ def collapse_check(run_dir: Path) -> dict[str, Any]:
     model = load_model(best_checkpoint(run_dir)).eval()
     datamodule = OODDataModule({**OmegaConf.to_container(config.data), "outliers": []})  # type: ignore[dict-item]
     datamodule.setup("fit")
-    recording = ScoreConfig(names=["hole_knn_recon"], knn_recon_features=list(RECON_FEATURES))
+    recording = ScoreConfig(names=["hole_knn_recon"], knn_recon_features=list(COLLAPSE_STATISTICS))
     trained = record_reference(model, datamodule, recording, COLLAPSE_CHECK_IMAGES)
     variance = latent_activity(trained["latent"])["latent_variance"]
     try:

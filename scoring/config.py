@@ -27,8 +27,10 @@ SCORE_NAMES: tuple[str, ...] = (
 # hole_knn's statistics (scoring.knn.hole_knn_score).
 KNN_STATISTICS = ("relative", "mean_distance")
 # The per-input statistics hole_knn_recon can place beside the latent (scoring.joint): the squared
-# error and the Bernoulli cross-entropy of the reconstruction, and KL(q(z|x) || p(z)).
-RECON_FEATURES = ("squared_error", "cross_entropy", "kl")
+# error and the Bernoulli cross-entropy of the reconstruction, KL(q(z|x) || p(z)), and (round 11)
+# the 8-bit image's PNG length in bits, input_complexity's L(x) (Serra et al. 2020), which needs no
+# model: how much there is to explain.
+RECON_FEATURES = ("squared_error", "cross_entropy", "kl", "compressed_length")
 DEFAULT_SCORES = [
     "hole_knn_recon",
     "hole_knn",

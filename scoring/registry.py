@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from scoring.config import SCORE_NAMES, ScoreConfig, guard_columns, recorded_recon_features
-from scoring.input_complexity import input_complexity_score
+from scoring.input_complexity import compressed_bits, input_complexity_score
 from scoring.joint import FarGuard, cross_entropy, joint_score, log_statistic, squared_error
 from scoring.knn import hole_knn_score
 from scoring.likelihood_regret import likelihood_regret as likelihood_regret_of
@@ -77,6 +77,7 @@ class ScoreContext:
             "squared_error": lambda: self.reconstruction_error,
             "cross_entropy": lambda: cross_entropy(self.x, self.reconstruction),
             "kl": lambda: self.kl,
+            "compressed_length": lambda: compressed_bits(self.x),
         }
         names = recorded_recon_features(self.settings)
         return torch.stack([log_statistic(made[name]()) for name in names], dim=1)

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import compact_study
 from experiments.config import TrainConfig, load_config, split_cli_args
+from scoring.config import ScoreConfig
 
 
 @pytest.mark.parametrize("candidate", list(compact_study.CANDIDATES))
@@ -328,7 +329,7 @@ def test_a_record_without_a_new_corruption_bounds_the_worst_case_or_leaves_the_r
 def test_round_10s_scores_rank_only_the_trainings_measured_with_them() -> None:
     """A record from before round 10 lacks its scores: the carried training keeps its rows of the
     earlier scores (bounds on the worst case as before) and gets none of the new ones."""
-    new_scores = [name for name in compact_study.HOLE_SCORES if "_on_sq_ce_kl_" in name]
+    new_scores = [name for name in compact_study.HOLE_SCORES if "_on_sq_ce_kl_w" in name]
     assert len(new_scores) == 14
     old_scores = [name for name in compact_study.HOLE_SCORES if name not in new_scores]
     corruptions = list(compact_study.SELECTION_CORRUPTIONS)
@@ -355,6 +356,30 @@ def test_round_10s_scores_rank_only_the_trainings_measured_with_them() -> None:
     assert {row["score"] for row in rows if row["candidate"] == "alexandroff_d32_kl1_e10"} == set(
         compact_study.HOLE_SCORES
     )
+
+
+def test_round_11s_scores_guard_on_the_compressed_length_beside_two_joint_spaces() -> None:
+    """Round 11 as fixed in docs/compact_study.md: six guarded forms, k = 3, joint weight 1, the
+    guard (q = 0.99) on [sq, ce, kl, compressed_length] at weights 1, 2 and 4."""
+    new = {
+        name: settings
+        for name, (score, settings) in compact_study.HOLE_SCORES.items()
+        if "compressed_length" in settings.get("knn_recon_guard_features", [])
+    }
+    assert len(new) == 6
+    joint_spaces = {tuple(settings["knn_recon_features"]) for settings in new.values()}
+    assert joint_spaces == {
+        ("squared_error", "cross_entropy"),
+        ("squared_error", "cross_entropy", "compressed_length"),
+    }
+    assert sorted(settings["knn_recon_guard_weight"] for settings in new.values()) == [1, 1, 2, 2, 4, 4]
+    for settings in new.values():
+        assert settings["knn_recon_guard"] == 0.99 and settings["knn_k"] == 3
+        assert settings["knn_recon_weight"] == 1.0
+        assert settings["knn_recon_guard_features"] == [
+            "squared_error", "cross_entropy", "kl", "compressed_length",
+        ]  # fmt: skip
+        ScoreConfig(names=["hole_knn_recon"], **settings)  # a valid scores block
 
 
 def test_a_new_winner_starts_its_own_confirmation_and_keeps_the_earlier_one(tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor
 
 from scoring import HoleDetector, ood_metrics
@@ -279,18 +282,20 @@ def test_the_guard_must_be_a_quantile(quantile: float) -> None:
 
 @torch.no_grad()
 def test_recon_statistics_are_the_logs_of_their_definitions_in_the_configured_order() -> None:
-    """Oracles: torch's binary cross-entropy, the recon score, and torch's closed-form KL."""
+    """Oracles: torch's binary cross-entropy, the recon score, torch's closed-form KL, and the
+    size of the PNG file Pillow writes of the 8-bit image."""
     from scoring.registry import BATCH_SCORES, ScoreContext
 
     model = tiny_model()
     images = torch.rand(9, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     images[0] = 0.5  # a constant grey image: its cross-entropy is about 64 log 2 however it decodes
     settings = ScoreConfig(
-        names=["hole_knn_recon", "recon"], knn_recon_features=["kl", "cross_entropy", "squared_error"]
+        names=["hole_knn_recon", "recon"],
+        knn_recon_features=["kl", "cross_entropy", "squared_error", "compressed_length"],
     )
     ctx = ScoreContext(model, images, settings)
     statistics = ctx.recon_statistics()
-    assert statistics.shape == (9, 3) and statistics.dtype == torch.float64
+    assert statistics.shape == (9, 4) and statistics.dtype == torch.float64
     decoded = model.reconstruct(ctx.encoding).double().clamp(1e-6, 1 - 1e-6)
     bce = (
         torch.nn.functional.binary_cross_entropy(decoded, images.double(), reduction="none").flatten(1).sum(1)
@@ -300,6 +305,15 @@ def test_recon_statistics_are_the_logs_of_their_definitions_in_the_configured_or
     torch.testing.assert_close(statistics[:, 1], bce.log())
     torch.testing.assert_close(statistics[:, 2], BATCH_SCORES["recon"](ctx).log())
     assert float(bce[0]) >= 64 * torch.log(torch.tensor(2.0)).item() - 1e-6
+    png_bits = []
+    for image in images:
+        buffer = io.BytesIO()
+        pixels = (image[0].numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
+        png_bits.append(8.0 * len(buffer.getvalue()))
+    torch.testing.assert_close(statistics[:, 3], torch.tensor(png_bits, dtype=torch.float64).log())
+    # The model-free statistic: the constant image has the least to explain.
+    assert int(statistics[:, 3].argmin()) == 0
 
 
 def test_hole_knn_recon_needs_the_reference_statistics_and_a_spread() -> None:
