@@ -60,10 +60,13 @@ class ScoreConfig:
     # counts as this many typical neighbour distances in the latent space (docs/method.md 4.1).
     knn_recon_weight: float = 1.0
     # The statistics hole_knn_recon places beside the latent, each as one log coordinate
-    # (RECON_FEATURES). The default (squared error and cross-entropy, weight 1, k = 3, guard 0.99)
-    # is round 7 of the selection rule's choice, its guard's statistics round 10's (README,
-    # "Choosing the default"); [squared_error] is round 3's.
-    knn_recon_features: list[str] = field(default_factory=lambda: ["squared_error", "cross_entropy"])
+    # (RECON_FEATURES). The default (squared error, cross-entropy and the PNG length, weight 1,
+    # k = 3, guard 0.99) is the selection rule's choice (README, "Choosing the default": the
+    # statistics and weight of rounds 7 and 11, the guard's of rounds 10 and 11); [squared_error]
+    # is round 3's.
+    knn_recon_features: list[str] = field(
+        default_factory=lambda: ["squared_error", "cross_entropy", "compressed_length"]
+    )
     # hole_knn_recon's far-statistics guard (docs/method.md 4.1): null = none; q in (0, 1) adds how
     # far an input's vacancy among the inliers' statistics alone exceeds the q-quantile of the
     # inliers' own, so inputs whose statistics lie beyond the inliers' range score higher. 0.99
@@ -71,13 +74,14 @@ class ScoreConfig:
     knn_recon_guard: float | None = 0.99
     # The guard's own statistics (RECON_FEATURES): null = the joint space's (knn_recon_features).
     # A guard on other statistics (e.g. with the KL) sees far outliers by statistics that would
-    # blur the joint space's ranking of near ones. [squared_error, cross_entropy, kl] since round 10.
+    # blur the joint space's ranking of near ones. [sq, ce, kl] since round 10, with the PNG length
+    # since round 11.
     knn_recon_guard_features: list[str] | None = field(
-        default_factory=lambda: ["squared_error", "cross_entropy", "kl"]
+        default_factory=lambda: ["squared_error", "cross_entropy", "kl", "compressed_length"]
     )
     # The guard's relative weight: its statistics' inlier IQR counts as this many typical latent
-    # neighbour distances (null: knn_recon_weight); 2 since round 10.
-    knn_recon_guard_weight: float | None = 2.0
+    # neighbour distances (null: knn_recon_weight); 2 in round 10, 4 since round 11.
+    knn_recon_guard_weight: float | None = 4.0
     # Cap on the number of training-inlier latents used as the hole_knn reference (None = all).
     knn_reference_size: int | None = None
     # Queries per block of the exact kNN search (null: sized from a fixed memory budget).

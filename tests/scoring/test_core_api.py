@@ -197,11 +197,17 @@ def test_the_far_statistics_guard_adds_only_the_excess_beyond_the_inliers_range(
     settings = ScoreConfig(
         names=["hole_knn_recon"],
         knn_k=3,
+        knn_recon_features=["squared_error", "cross_entropy"],
         knn_recon_guard=0.99,
         knn_recon_guard_features=None,  # the guard on the joint space's own statistics
         knn_recon_guard_weight=None,
     )
-    plain_settings = ScoreConfig(names=["hole_knn_recon"], knn_k=3, knn_recon_guard=None)
+    plain_settings = ScoreConfig(
+        names=["hole_knn_recon"],
+        knn_k=3,
+        knn_recon_features=["squared_error", "cross_entropy"],
+        knn_recon_guard=None,
+    )
     reference = build_reference(latents, "euclidean", settings, log_stats)
     plain = build_reference(latents, "euclidean", plain_settings, log_stats)
     weights = reference.recon_weights
