@@ -12,6 +12,9 @@ them):
   far its centre of mass along the flip's axis sits on the side opposite to the training
   inliers' mean centre (a flip mirrors the centre about the image's middle). It needs nothing but
   one number from the training split, so it shows how much a single global cue carries;
+- ``pixel_knn``: the kNN vacancy of the image among the training images themselves, in pixel
+  space (``HoleDetector``, k = 3, mean Euclidean distance): the input-space counterpart of
+  ``hole_knn``, a detector made from the training inliers alone that sees where every pixel sits;
 - ``flip_classifier``: a small CNN trained on the training split to tell each image from its flip,
   then tested on the inlier test set and its flip. It is told the outlier kind, so it is no
   detector; it measures how separable the two sets are with the pixels the models see;
@@ -41,6 +44,7 @@ from benchmarks.common import DEFAULT_DATA_DIR, write_result
 from common.atomic_io import atomic_open
 from datamodules.sources import ImageSet, load_source, parse_spec
 from datamodules.transforms import make_transform_outlier
+from scoring.detectors import HoleDetector
 from scoring.metrics import ood_metrics
 
 # The axis of each flip in [N, C, H, W] images.
@@ -61,6 +65,12 @@ def mass_offset_scores(train_images: Tensor, images: Tensor, axis: int) -> Tenso
     middle = (images.shape[axis] - 1) / 2
     side = torch.sign(mass_centre(train_images, axis).mean() - middle)
     return -side * (mass_centre(images, axis) - middle)
+
+
+def pixel_knn_scores(train_images: Tensor, images: Tensor, k: int = 3) -> Tensor:
+    """``[N]`` mean Euclidean distance of each flattened image to its k nearest training images."""
+    reference = train_images.flatten(1).float() / 255
+    return HoleDetector(k=k, statistic="mean_distance").fit(reference).score(images.flatten(1).float() / 255)
 
 
 def flip_classifier(channels: int) -> nn.Module:
@@ -123,6 +133,7 @@ def measure_flip(
     axis = FLIP_AXES[flip]
     flipped, _ = make_transform_outlier(flip, test.images, test.labels, NOISE_SEED)
     offsets = [mass_offset_scores(train.images, images, axis) for images in (test.images, flipped)]
+    vacancies = [pixel_knn_scores(train.images, images) for images in (test.images, flipped)]
     logits = flip_classifier_scores(train.images, torch.cat([test.images, flipped]), axis, epochs, seed)
     inlier_logits, flipped_logits = logits[: len(test)], logits[len(test) :]
     return {
@@ -132,6 +143,7 @@ def measure_flip(
             "flipped_mean": float(mass_centre(flipped, axis).mean()),
         },
         "mass_offset_auroc": ood_metrics(*offsets)["auroc"],
+        "pixel_knn_auroc": ood_metrics(*vacancies)["auroc"],
         "flip_classifier_auroc": ood_metrics(inlier_logits, flipped_logits)["auroc"],
         "flip_classifier_auroc_per_class": {
             str(label): ood_metrics(inlier_logits, flipped_logits[test.labels == label])["auroc"]
@@ -166,6 +178,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"- centre of mass along the flip's axis: training inliers {centre['train_mean']:.2f} px, test "
             f"inliers {centre['test_mean']:.2f}, flipped {centre['flipped_mean']:.2f}",
             f"- `mass_offset` (training inliers only): AUROC {found['mass_offset_auroc']:.4f}",
+            f"- `pixel_knn` (training inliers only): AUROC {found['pixel_knn_auroc']:.4f}",
             f"- `flip_classifier` (told the outlier kind): AUROC {found['flip_classifier_auroc']:.4f}",
         ]
         classes = list(found["flip_classifier_auroc_per_class"])

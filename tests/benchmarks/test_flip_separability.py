@@ -48,11 +48,12 @@ def test_symmetric_images_cannot_be_told_from_their_flips() -> None:
             image_set(symmetric[:120]), image_set(symmetric[120:]), "hflip", epochs=1, seed=0, scores_files=[]
         )
     assert result["mass_offset_auroc"] == 0.5
+    assert result["pixel_knn_auroc"] == 0.5
     assert result["flip_classifier_auroc"] == 0.5
 
 
 def test_a_one_sided_cue_makes_flips_separable() -> None:
-    # Every image brighter on its left: the flip moves the mass right, for both measurements.
+    # Every image brighter on its left: the flip moves the mass right, for every measurement.
     images = random_images(600, 1)
     images[..., :3] += 127
     with one_thread():
@@ -63,6 +64,7 @@ def test_a_one_sided_cue_makes_flips_separable() -> None:
         }
     assert result["hflip"]["mass_offset_auroc"] == 1.0
     assert result["hflip"]["flip_classifier_auroc"] > 0.99
+    assert result["hflip"]["pixel_knn_auroc"] > 0.99  # every flipped image lies far from the training images
     assert result["hflip"]["mass_centre"]["train_mean"] < 5.5 < result["hflip"]["mass_centre"]["flipped_mean"]
     table = flip_separability.markdown({"inlier": "synthetic", "epochs": 3, "seed": 0, "flips": result})
     assert (
@@ -72,6 +74,7 @@ def test_a_one_sided_cue_makes_flips_separable() -> None:
     # A vertical flip keeps the left-right cue, so neither measurement sees it.
     assert result["vflip"]["mass_offset_auroc"] < 0.8
     assert result["vflip"]["flip_classifier_auroc"] < 0.8
+    assert result["vflip"]["pixel_knn_auroc"] < 0.8
 
 
 def test_per_class_aurocs_add_up_to_the_runs_auroc(tmp_path: Path) -> None:
