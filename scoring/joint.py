@@ -3,8 +3,8 @@
 
 Each input becomes the point ``[l(x), w_1 * log s_1(x), ..., w_E * log s_E(x)]``, where the
 ``s_e`` are the statistics named by ``scores.knn_recon_features`` (squared error, cross-entropy of
-the reconstruction, KL of the posterior, the image's PNG length); its vacancy is the mean Euclidean distance to the k
-nearest training inliers in that space. Each ``w_e`` comes from the inliers alone
+the reconstruction, KL of the posterior, the image's PNG length); its vacancy is the mean
+Euclidean distance to the k nearest training inliers in that space. Each ``w_e`` comes from the inliers alone
 (``joint_weights``), so one weight setting means the same for any model and any statistic. The
 optional far-statistics guard (``FarGuard``, ``joint_score``) adds how far an input's
 statistics alone lie beyond the inliers' range. Plain tensors in, plain tensors out: the score
