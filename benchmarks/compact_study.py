@@ -212,6 +212,29 @@ HOLE_SCORES |= {
     )
     for weight in (1.0, 2.0, 4.0)
 }
+# Round 12: the image's centre of mass along its rows and its columns (scoring.image_moments), both
+# axes together, in the joint space beside round 11's default's [sq, ce, png], in its guard beside
+# [sq, ce, kl, png], and in both; round 11's default's weights; scored on the trainings with runs
+# on disk (as round 11).
+MASS_CENTRE = ["mass_centre_row", "mass_centre_column"]
+HOLE_SCORES |= {
+    f"hole_knn_recon_ce_png{joint}_w1_guard0.99_on_sq_ce_kl_png{guard}_w4": (
+        "hole_knn_recon",
+        {
+            "knn_k": 3,
+            "knn_recon_weight": 1.0,
+            "knn_recon_features": ["squared_error", "cross_entropy", "compressed_length", *joint_centre],
+            "knn_recon_guard": 0.99,
+            "knn_recon_guard_features": [*GUARD_STATISTICS_PNG, *guard_centre],
+            "knn_recon_guard_weight": 4.0,
+        },
+    )
+    for joint, joint_centre, guard, guard_centre in (
+        ("_mc", MASS_CENTRE, "", []),
+        ("", [], "_mc", MASS_CENTRE),
+        ("_mc", MASS_CENTRE, "_mc", MASS_CENTRE),
+    )
+}
 # Every score but the two costly baselines (input_complexity compresses PNGs, likelihood_regret
 # optimises an encoder per input): the quality benchmark reports those.
 TEST_SCORES = [name for name in SCORE_NAMES if name not in ("input_complexity", "likelihood_regret")]

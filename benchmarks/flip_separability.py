@@ -45,18 +45,12 @@ from common.atomic_io import atomic_open
 from datamodules.sources import ImageSet, load_source, parse_spec
 from datamodules.transforms import make_transform_outlier
 from scoring.detectors import HoleDetector
+from scoring.image_moments import mass_centre
 from scoring.metrics import ood_metrics
 
 # The axis of each flip in [N, C, H, W] images.
 FLIP_AXES = {"hflip": 3, "vflip": 2}
 NOISE_SEED = 1234  # unused by the flips; make_transform_outlier takes one for every transform
-
-
-def mass_centre(images: Tensor, axis: int) -> Tensor:
-    """``[N]`` centre of mass of each image along ``axis`` (3: columns, 2: rows), in pixels from 0."""
-    weights = images.double().sum(dim=tuple(a for a in (1, 2, 3) if a != axis))
-    positions = torch.arange(weights.shape[1], dtype=torch.float64)
-    return (weights * positions).sum(1) / weights.sum(1).clamp_min(1e-12)
 
 
 def mass_offset_scores(train_images: Tensor, images: Tensor, axis: int) -> Tensor:

@@ -29,8 +29,16 @@ KNN_STATISTICS = ("relative", "mean_distance")
 # The per-input statistics hole_knn_recon can place beside the latent (scoring.joint): the squared
 # error and the Bernoulli cross-entropy of the reconstruction, KL(q(z|x) || p(z)), and (round 11)
 # the 8-bit image's PNG length in bits, input_complexity's L(x) (Serra et al. 2020), which needs no
-# model: how much there is to explain.
-RECON_FEATURES = ("squared_error", "cross_entropy", "kl", "compressed_length")
+# model: how much there is to explain; and (round 12) the image's centre of mass along its rows and
+# its columns (scoring.image_moments), also model-free: where the mass sits.
+RECON_FEATURES = (
+    "squared_error",
+    "cross_entropy",
+    "kl",
+    "compressed_length",
+    "mass_centre_row",
+    "mass_centre_column",
+)
 DEFAULT_SCORES = [
     "hole_knn_recon",
     "hole_knn",

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from scoring.config import SCORE_NAMES, ScoreConfig, guard_columns, recorded_recon_features
+from scoring.image_moments import MASS_CENTRE_AXES, mass_centre_statistic
 from scoring.input_complexity import compressed_bits, input_complexity_score
 from scoring.joint import FarGuard, cross_entropy, joint_score, log_statistic, squared_error
 from scoring.knn import hole_knn_score
@@ -78,6 +79,10 @@ class ScoreContext:
             "cross_entropy": lambda: cross_entropy(self.x, self.reconstruction),
             "kl": lambda: self.kl,
             "compressed_length": lambda: compressed_bits(self.x),
+            **{
+                name: (lambda axis=axis: mass_centre_statistic(self.x, axis))
+                for name, axis in MASS_CENTRE_AXES.items()
+            },
         }
         names = recorded_recon_features(self.settings)
         return torch.stack([log_statistic(made[name]()) for name in names], dim=1)
