@@ -358,6 +358,12 @@ def test_round_10s_scores_rank_only_the_trainings_measured_with_them() -> None:
     )
 
 
+def uses_mass_centre(settings: dict[str, Any]) -> bool:
+    """Whether a hole score's joint space or guard has a centre-of-mass statistic (round 12's)."""
+    features = [*settings.get("knn_recon_features", []), *(settings.get("knn_recon_guard_features") or [])]
+    return any(feature.startswith("mass_centre") for feature in features)
+
+
 def test_round_11s_scores_guard_on_the_compressed_length_beside_two_joint_spaces() -> None:
     """Round 11 as fixed in docs/compact_study.md: six guarded forms, k = 3, joint weight 1, the
     guard (q = 0.99) on [sq, ce, kl, compressed_length] at weights 1, 2 and 4."""
@@ -365,6 +371,7 @@ def test_round_11s_scores_guard_on_the_compressed_length_beside_two_joint_spaces
         name: settings
         for name, (score, settings) in compact_study.HOLE_SCORES.items()
         if "compressed_length" in settings.get("knn_recon_guard_features", [])
+        and not uses_mass_centre(settings)  # round 12's
     }
     assert len(new) == 6
     joint_spaces = {tuple(settings["knn_recon_features"]) for settings in new.values()}
@@ -379,6 +386,26 @@ def test_round_11s_scores_guard_on_the_compressed_length_beside_two_joint_spaces
         assert settings["knn_recon_guard_features"] == [
             "squared_error", "cross_entropy", "kl", "compressed_length",
         ]  # fmt: skip
+        ScoreConfig(names=["hole_knn_recon"], **settings)  # a valid scores block
+
+
+def test_round_12s_scores_add_both_centres_of_mass_to_the_joint_space_the_guard_or_both() -> None:
+    """Round 12 as fixed in docs/compact_study.md: round 11's default's form (k = 3, joint weight 1,
+    guard q = 0.99 at weight 4) with both centre coordinates, never one alone, in three places."""
+    centre = ["mass_centre_row", "mass_centre_column"]
+    new = {
+        name: settings
+        for name, (score, settings) in compact_study.HOLE_SCORES.items()
+        if uses_mass_centre(settings)
+    }
+    joint = ["squared_error", "cross_entropy", "compressed_length"]
+    guard = ["squared_error", "cross_entropy", "kl", "compressed_length"]
+    assert sorted(
+        (settings["knn_recon_features"], settings["knn_recon_guard_features"]) for settings in new.values()
+    ) == sorted([(joint + centre, guard), (joint, guard + centre), (joint + centre, guard + centre)])
+    for settings in new.values():
+        assert settings["knn_k"] == 3 and settings["knn_recon_weight"] == 1.0
+        assert settings["knn_recon_guard"] == 0.99 and settings["knn_recon_guard_weight"] == 4.0
         ScoreConfig(names=["hole_knn_recon"], **settings)  # a valid scores block
 
 

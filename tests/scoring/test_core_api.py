@@ -288,8 +288,9 @@ def test_the_guard_must_be_a_quantile(quantile: float) -> None:
 
 @torch.no_grad()
 def test_recon_statistics_are_the_logs_of_their_definitions_in_the_configured_order() -> None:
-    """Oracles: torch's binary cross-entropy, the recon score, torch's closed-form KL, and the
-    size of the PNG file Pillow writes of the 8-bit image."""
+    """Oracles: torch's binary cross-entropy, the recon score, torch's closed-form KL, the
+    size of the PNG file Pillow writes of the 8-bit image, and numpy's weighted mean of the pixel
+    positions (plus half a pixel) for the centres of mass."""
     from scoring.registry import BATCH_SCORES, ScoreContext
 
     model = tiny_model()
@@ -297,11 +298,14 @@ def test_recon_statistics_are_the_logs_of_their_definitions_in_the_configured_or
     images[0] = 0.5  # a constant grey image: its cross-entropy is about 64 log 2 however it decodes
     settings = ScoreConfig(
         names=["hole_knn_recon", "recon"],
-        knn_recon_features=["kl", "cross_entropy", "squared_error", "compressed_length"],
-    )
+        knn_recon_features=[
+            "kl", "cross_entropy", "squared_error", "compressed_length",
+            "mass_centre_column", "mass_centre_row",
+        ],
+    )  # fmt: skip
     ctx = ScoreContext(model, images, settings)
     statistics = ctx.recon_statistics()
-    assert statistics.shape == (9, 4) and statistics.dtype == torch.float64
+    assert statistics.shape == (9, 6) and statistics.dtype == torch.float64
     decoded = model.reconstruct(ctx.encoding).double().clamp(1e-6, 1 - 1e-6)
     bce = (
         torch.nn.functional.binary_cross_entropy(decoded, images.double(), reduction="none").flatten(1).sum(1)
@@ -320,6 +324,12 @@ def test_recon_statistics_are_the_logs_of_their_definitions_in_the_configured_or
     torch.testing.assert_close(statistics[:, 3], torch.tensor(png_bits, dtype=torch.float64).log())
     # The model-free statistic: the constant image has the least to explain.
     assert int(statistics[:, 3].argmin()) == 0
+    pixels = images[:, 0].double().numpy()
+    positions = np.arange(8) + 0.5
+    columns = [np.average(positions, weights=image.sum(axis=0)) for image in pixels]
+    rows = [np.average(positions, weights=image.sum(axis=1)) for image in pixels]
+    torch.testing.assert_close(statistics[:, 4], torch.tensor(np.log(columns)))
+    torch.testing.assert_close(statistics[:, 5], torch.tensor(np.log(rows)))
 
 
 def test_hole_knn_recon_needs_the_reference_statistics_and_a_spread() -> None:
