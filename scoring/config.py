@@ -68,13 +68,15 @@ class ScoreConfig:
     # counts as this many typical neighbour distances in the latent space (docs/method.md 4.1).
     knn_recon_weight: float = 1.0
     # The statistics hole_knn_recon places beside the latent, each as one log coordinate
-    # (RECON_FEATURES). The default (squared error, cross-entropy and the PNG length, weight 1,
-    # k = 3, guard 0.99) is the selection rule's choice (README, "Choosing the default": the
-    # statistics and weight of rounds 7 and 11, the guard's of rounds 10 and 11); [squared_error]
-    # is round 3's.
+    # (RECON_FEATURES). The default (squared error, cross-entropy, the PNG length and the centre of
+    # mass along rows and columns, weight 1, k = 3, guard 0.99) is the selection rule's choice
+    # (README, "Choosing the default": the statistics and weight of rounds 7, 11 and 12, the
+    # guard's of rounds 10 and 11); [squared_error] is round 3's.
     knn_recon_features: list[str] = field(
-        default_factory=lambda: ["squared_error", "cross_entropy", "compressed_length"]
-    )
+        default_factory=lambda: [
+            "squared_error", "cross_entropy", "compressed_length", "mass_centre_row", "mass_centre_column",
+        ]
+    )  # fmt: skip
     # hole_knn_recon's far-statistics guard (docs/method.md 4.1): null = none; q in (0, 1) adds how
     # far an input's vacancy among the inliers' statistics alone exceeds the q-quantile of the
     # inliers' own, so inputs whose statistics lie beyond the inliers' range score higher. 0.99
