@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -74,15 +75,12 @@ class ScoreContext:
     def recon_statistics(self) -> Tensor:
         """``[B, E]`` log statistics of hole_knn_recon, in ``recorded_recon_features`` order: the joint
         space's (``scores.knn_recon_features``), then any only its guard uses."""
-        made = {
+        made: dict[str, Callable[[], Tensor]] = {
             "squared_error": lambda: self.reconstruction_error,
             "cross_entropy": lambda: cross_entropy(self.x, self.reconstruction),
             "kl": lambda: self.kl,
             "compressed_length": lambda: compressed_bits(self.x),
-            **{
-                name: (lambda axis=axis: mass_centre_statistic(self.x, axis))
-                for name, axis in MASS_CENTRE_AXES.items()
-            },
+            **{name: partial(mass_centre_statistic, self.x, axis) for name, axis in MASS_CENTRE_AXES.items()},
         }
         names = recorded_recon_features(self.settings)
         return torch.stack([log_statistic(made[name]()) for name in names], dim=1)
