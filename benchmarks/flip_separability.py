@@ -12,6 +12,11 @@ them):
   far its centre of mass along the flip's axis sits on the side opposite to the training
   inliers' mean centre (a flip mirrors the centre about the image's middle). It needs nothing but
   one number from the training split, so it shows how much a single global cue carries;
+- ``mass_centre_knn``: the kNN vacancy (k = 3, mean Euclidean distance) of the image's centre of
+  mass along its rows and its columns among the training inliers' centres: the same cue seen as a
+  hole score sees it (round 12 put it into ``hole_knn_recon``'s joint space). Beside
+  ``mass_offset`` it says how much of the cue is a *shift* into a thinner part of the inliers'
+  range, which a one-sided detector sees and a vacancy barely does;
 - ``pixel_knn``: the kNN vacancy of the image among the training images themselves, in pixel
   space (``HoleDetector``, k = 3, mean Euclidean distance): the input-space counterpart of
   ``hole_knn``, a detector made from the training inliers alone that sees where every pixel sits;
@@ -59,6 +64,16 @@ def mass_offset_scores(train_images: Tensor, images: Tensor, axis: int) -> Tenso
     middle = (images.shape[axis] - 1) / 2
     side = torch.sign(mass_centre(train_images, axis).mean() - middle)
     return -side * (mass_centre(images, axis) - middle)
+
+
+def mass_centre_knn_scores(train_images: Tensor, images: Tensor, k: int = 3) -> Tensor:
+    """``[N]`` mean distance of each image's (row, column) centre of mass to the k nearest of the
+    training images' centres."""
+
+    def centres(batch: Tensor) -> Tensor:
+        return torch.stack([mass_centre(batch, axis) for axis in (2, 3)], dim=1)
+
+    return HoleDetector(k=k, statistic="mean_distance").fit(centres(train_images)).score(centres(images))
 
 
 def pixel_knn_scores(train_images: Tensor, images: Tensor, k: int = 3) -> Tensor:
@@ -127,6 +142,7 @@ def measure_flip(
     axis = FLIP_AXES[flip]
     flipped, _ = make_transform_outlier(flip, test.images, test.labels, NOISE_SEED)
     offsets = [mass_offset_scores(train.images, images, axis) for images in (test.images, flipped)]
+    centre_vacancies = [mass_centre_knn_scores(train.images, images) for images in (test.images, flipped)]
     vacancies = [pixel_knn_scores(train.images, images) for images in (test.images, flipped)]
     logits = flip_classifier_scores(train.images, torch.cat([test.images, flipped]), axis, epochs, seed)
     inlier_logits, flipped_logits = logits[: len(test)], logits[len(test) :]
@@ -137,6 +153,11 @@ def measure_flip(
             "flipped_mean": float(mass_centre(flipped, axis).mean()),
         },
         "mass_offset_auroc": ood_metrics(*offsets)["auroc"],
+        "mass_offset_auroc_per_class": {
+            str(label): ood_metrics(offsets[0], offsets[1][test.labels == label])["auroc"]
+            for label in test.labels.unique().tolist()
+        },
+        "mass_centre_knn_auroc": ood_metrics(*centre_vacancies)["auroc"],
         "pixel_knn_auroc": ood_metrics(*vacancies)["auroc"],
         "flip_classifier_auroc": ood_metrics(inlier_logits, flipped_logits)["auroc"],
         "flip_classifier_auroc_per_class": {
@@ -172,6 +193,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"- centre of mass along the flip's axis: training inliers {centre['train_mean']:.2f} px, test "
             f"inliers {centre['test_mean']:.2f}, flipped {centre['flipped_mean']:.2f}",
             f"- `mass_offset` (training inliers only): AUROC {found['mass_offset_auroc']:.4f}",
+            f"- `mass_centre_knn` (training inliers only): AUROC {found['mass_centre_knn_auroc']:.4f}",
             f"- `pixel_knn` (training inliers only): AUROC {found['pixel_knn_auroc']:.4f}",
             f"- `flip_classifier` (told the outlier kind): AUROC {found['flip_classifier_auroc']:.4f}",
         ]
@@ -179,11 +201,9 @@ def markdown(result: dict[str, Any]) -> str:
         names = class_names(result["inlier"])
         header = [names[int(c)] if names else c for c in classes]
         lines += ["", "| per class | " + " | ".join(header) + " |", "|---|" + "---|" * len(classes)]
-        lines.append(
-            "| `flip_classifier` | "
-            + " | ".join(f"{found['flip_classifier_auroc_per_class'][c]:.3f}" for c in classes)
-            + " |"
-        )
+        for detector in ("mass_offset", "flip_classifier"):
+            by_class = found[f"{detector}_auroc_per_class"]
+            lines.append(f"| `{detector}` | " + " | ".join(f"{by_class[c]:.3f}" for c in classes) + " |")
         for path, scores in found["per_class"].items():
             for score, by_class in scores.items():
                 for column in ("flipped", "unflipped"):

@@ -26,19 +26,6 @@ def random_images(count: int, seed: int) -> torch.Tensor:
     )
 
 
-def test_mass_centre_is_the_weighted_mean_position() -> None:
-    images = torch.zeros(2, 1, 4, 5, dtype=torch.uint8)
-    images[0, 0, :, 4] = 10  # all mass in the last column
-    images[1, 0, 1, 1] = 30
-    images[1, 0, 2, 3] = 10  # columns 1 and 3, weights 3 : 1
-    torch.testing.assert_close(
-        flip_separability.mass_centre(images, 3), torch.tensor([4.0, 1.5], dtype=torch.float64)
-    )
-    torch.testing.assert_close(
-        flip_separability.mass_centre(images, 2), torch.tensor([1.5, 1.25], dtype=torch.float64)
-    )
-
-
 def test_symmetric_images_cannot_be_told_from_their_flips() -> None:
     # Mirror-symmetric images are their own flips: every measurement must give exactly 0.5.
     half = random_images(200, 0)
@@ -48,6 +35,7 @@ def test_symmetric_images_cannot_be_told_from_their_flips() -> None:
             image_set(symmetric[:120]), image_set(symmetric[120:]), "hflip", epochs=1, seed=0, scores_files=[]
         )
     assert result["mass_offset_auroc"] == 0.5
+    assert result["mass_centre_knn_auroc"] == 0.5
     assert result["pixel_knn_auroc"] == 0.5
     assert result["flip_classifier_auroc"] == 0.5
 
@@ -65,16 +53,19 @@ def test_a_one_sided_cue_makes_flips_separable() -> None:
     assert result["hflip"]["mass_offset_auroc"] == 1.0
     assert result["hflip"]["flip_classifier_auroc"] > 0.99
     assert result["hflip"]["pixel_knn_auroc"] > 0.99  # every flipped image lies far from the training images
+    assert result["hflip"]["mass_centre_knn_auroc"] > 0.99  # and so does its centre of mass
     assert result["hflip"]["mass_centre"]["train_mean"] < 5.5 < result["hflip"]["mass_centre"]["flipped_mean"]
     table = flip_separability.markdown({"inlier": "synthetic", "epochs": 3, "seed": 0, "flips": result})
     assert (
         f"- `mass_offset` (training inliers only): AUROC {result['hflip']['mass_offset_auroc']:.4f}" in table
     )
     assert "| per class | 0 | 1 |" in table  # no label names for a set torchvision does not name
+    assert "| `mass_offset` | 1.000 | 1.000 |" in table
     # A vertical flip keeps the left-right cue, so neither measurement sees it.
     assert result["vflip"]["mass_offset_auroc"] < 0.8
     assert result["vflip"]["flip_classifier_auroc"] < 0.8
     assert result["vflip"]["pixel_knn_auroc"] < 0.8
+    assert result["vflip"]["mass_centre_knn_auroc"] < 0.8
 
 
 def test_per_class_aurocs_add_up_to_the_runs_auroc(tmp_path: Path) -> None:
