@@ -56,6 +56,7 @@ from common.atomic_io import atomic_open, write_json
 from datamodules.corruptions import SELECTION_CORRUPTIONS, corrupt
 from experiments.sweep import Trial, read_metrics, run_trials
 from scoring.config import RECON_FEATURES, SCORE_NAMES, ScoreConfig, recorded_recon_features
+from scoring.image_moments import MASS_CENTRE_AXES
 from scoring.keys import parse_metric_key
 
 DEFAULT_CONFIG = "experiments/configs/fmnist_vs_mnist.yaml"
@@ -216,7 +217,7 @@ HOLE_SCORES |= {
 # axes together, in the joint space beside round 11's default's [sq, ce, png], in its guard beside
 # [sq, ce, kl, png], and in both; round 11's default's weights; scored on the trainings with runs
 # on disk (as round 11).
-MASS_CENTRE = ["mass_centre_row", "mass_centre_column"]
+MASS_CENTRE = list(MASS_CENTRE_AXES)  # [mass_centre_row, mass_centre_column]
 HOLE_SCORES |= {
     f"hole_knn_recon_ce_png{joint}_w1_guard0.99_on_sq_ce_kl_png{guard}_w4": (
         "hole_knn_recon",
