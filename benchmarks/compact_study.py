@@ -654,9 +654,45 @@ TARGETS = {
 }
 
 
+def confirmation_rows(winner: dict[str, Any], table: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each of issue 10's target sets: the winner's cell, the classical rows' cells with the
+    same score, and each classical row's best (mean, score form); cells are ``None`` where missing."""
+    score = score_form(*HOLE_SCORES[winner["score"]])
+    classical = [name for name, spec in CANDIDATES.items() if not spec["compact"]]
+    rows = []
+    for (benchmark, outlier), target in TARGETS.items():
+        by_score = table.get(benchmark, {}).get(outlier, {})
+        own = by_score.get(score, {}).get(winner["candidate"])
+        # The best of many one-seed cells is biased upwards against a mean over seeds: the classical
+        # best counts only forms measured on at least as many seeds as the winner's cell.
+        seeds = own["seeds"] if own else 1
+        best = {
+            name: max(
+                (
+                    (by[name]["mean"], found_score)
+                    for found_score, by in by_score.items()
+                    if name in by and by[name]["seeds"] >= seeds
+                ),
+                default=None,
+            )
+            for name in classical
+        }
+        same = {name: by_score.get(score, {}).get(name) for name in classical}
+        rows.append(
+            {
+                "benchmark": benchmark,
+                "outlier": outlier,
+                "target": target,
+                "own": own,
+                "same": same,
+                "best": best,
+            }
+        )
+    return rows
+
+
 def confirmation_markdown(winner: dict[str, Any], table: dict[str, Any], size: str) -> str:
     """The winner's hole score beside the classical rows (same score, and their best score per set)."""
-    score = score_form(*HOLE_SCORES[winner["score"]])
     classical = [name for name, spec in CANDIDATES.items() if not spec["compact"]]
 
     def show(cell: dict[str, float] | None) -> str:
@@ -671,25 +707,14 @@ def confirmation_markdown(winner: dict[str, Any], table: dict[str, Any], size: s
         "| inliers | outliers | " + " | ".join(header) + " | target |",
         "|---|---|" + "---|" * (len(header) + 1),
     ]
-    for (benchmark, outlier), target in TARGETS.items():
-        by_score = table.get(benchmark, {}).get(outlier, {})
-        own = by_score.get(score, {}).get(winner["candidate"])
-        cells = [show(own)]
-        cells += [show(by_score.get(score, {}).get(name)) for name in classical]
-        # The best of many one-seed cells is biased upwards against a mean over seeds: the classical
-        # best counts only forms measured on at least as many seeds as the winner's cell.
-        seeds = own["seeds"] if own else 1
+    for row in confirmation_rows(winner, table):
+        cells = [show(row["own"])] + [show(row["same"][name]) for name in classical]
         for name in classical:
-            best = max(
-                (
-                    (by[name]["mean"], found_score)
-                    for found_score, by in by_score.items()
-                    if name in by and by[name]["seeds"] >= seeds
-                ),
-                default=None,
-            )
+            best = row["best"][name]
             cells.append("n/a" if best is None else f"{best[0]:.3f} (`{best[1]}`)")
-        lines.append(f"| {benchmark} | {outlier} | " + " | ".join(cells) + f" | {target} |")
+        lines.append(
+            f"| {row['benchmark']} | {row['outlier']} | " + " | ".join(cells) + f" | {row['target']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -813,6 +838,58 @@ def plot_study(table: dict[str, Any], directory: Path) -> list[Path]:
     return written
 
 
+def plot_confirmation(winner: dict[str, Any], table: dict[str, Any], directory: Path) -> Path:
+    """The confirmation as a PNG: on each target set, the winner's hole score, the classical VAE with
+    the same score (both with seed error bars) and the classical VAE's best score, under the target."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = confirmation_rows(winner, table)
+    classical = [name for name, spec in CANDIDATES.items() if not spec["compact"]]
+    series: list[tuple[str, list[float], list[float]]] = [
+        (
+            f"{winner['candidate']} (default)",
+            [row["own"]["mean"] if row["own"] else math.nan for row in rows],
+            [row["own"]["std"] if row["own"] else 0.0 for row in rows],
+        )
+    ]
+    for name in classical:
+        same = [row["same"][name] for row in rows]
+        series.append(
+            (
+                f"{name}, same score",
+                [c["mean"] if c else math.nan for c in same],
+                [c["std"] if c else 0.0 for c in same],
+            )
+        )
+        best = [row["best"][name] for row in rows]
+        series.append((f"{name}, its best score", [b[0] if b else math.nan for b in best], [0.0] * len(rows)))
+    # A classical row the confirmation did not measure (the study keeps several) gets no bars.
+    series = series[:1] + [entry for entry in series[1:] if not all(math.isnan(mean) for mean in entry[1])]
+    figure = Figure(figsize=(1.4 * len(rows) + 3, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / len(series)
+    for offset, (label, means, stds) in enumerate(series):
+        positions = [i + offset * width for i in range(len(rows))]
+        axes.bar(positions, means, width=width, yerr=stds, capsize=2, label=label)
+    for i, row in enumerate(rows):
+        axes.hlines(row["target"], i - width / 2, i + 0.8 - width / 2, colors="black", linestyles="dashed")
+    axes.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(rows))],
+        [f"{row['benchmark'][:5]}→{row['outlier']}" for row in rows],
+        fontsize=7,
+    )
+    axes.set_ylim(0.6, 1.005)
+    axes.set_ylabel("AUROC (whole test sets, mean ± std over seeds)", fontsize=8)
+    axes.set_title(f"{winner['score']} (dashed: issue 10's target)", fontsize=7)
+    axes.legend(fontsize=7, loc="lower left")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "compact_study_confirmation.png"
+    figure.savefig(path, dpi=100)
+    return path
+
+
 def lost_selection_entries(record: dict[str, Any], selection: dict[str, dict[str, Any]]) -> list[str]:
     """The (candidate, inlier set) seed-0 runs the study's record (``compact_study.json``) holds and
     ``selection`` lacks, even with the record's carried entries: run folders are not kept in the
@@ -933,6 +1010,8 @@ def main(arguments: list[str] | None = None) -> None:
                 label = "whole test sets" if size is None else f"{size} test images per set"
                 stream.write("\n" + confirmation_markdown(winner, confirmed, label))
         plots = plot_study(table, args.results_dir)
+        if winner:
+            plots.append(plot_confirmation(winner, confirmed, args.results_dir))
         chosen = f"{winner['candidate']} with {winner['score']}" if winner else "none yet (runs missing)"
         print(
             f"Winner by the selection rule: {chosen}. Wrote {path}, compact_study.md and {len(plots)} plots."

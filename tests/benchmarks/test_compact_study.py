@@ -149,6 +149,27 @@ def test_the_classical_best_counts_only_forms_measured_on_as_many_seeds_as_the_w
     assert row.split(" | ")[-6:-1] == ["0.960 (`neg_elbo`)", "0.970 (`recon`)", "n/a", "n/a", "n/a"]
 
 
+def test_the_confirmation_plot_draws_every_target_set_even_with_cells_missing(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    winner = {"candidate": "alexandroff_d32_e10", "score": "hole_knn_recon_ce_kl_w2"}
+    form = compact_study.score_form(*compact_study.HOLE_SCORES[winner["score"]])
+    cell = {"mean": 0.9, "std": 0.01, "seeds": 3}
+    table = {"fashion_mnist": {"mnist": {form: {"alexandroff_d32_e10": cell, "gaussian_e10": cell}}}}
+    rows = compact_study.confirmation_rows(winner, table)
+    assert [(row["benchmark"], row["outlier"]) for row in rows] == list(compact_study.TARGETS)
+    assert rows[0]["own"] == cell and rows[0]["best"]["gaussian_e10"] == (0.9, form)
+    assert rows[1]["own"] is None and rows[1]["best"]["gaussian_e10"] is None
+
+    path = compact_study.plot_confirmation(winner, table, tmp_path)
+    assert path.read_bytes() != compact_study.plot_confirmation(winner, {}, tmp_path / "empty").read_bytes()
+    pixels = imread(path)
+    assert path == tmp_path / "compact_study_confirmation.png"
+    assert (
+        pixels.shape[0] > 100 and len({tuple(p) for p in pixels[::4, ::4].reshape(-1, pixels.shape[-1])}) > 3
+    )
+
+
 def test_every_joint_space_form_is_also_a_candidate_with_the_far_statistics_guard() -> None:
     """Round 7: the suite cannot see what the guard adds, so no joint form competes without its
     guarded twin (the same settings, guard at q = 0.99)."""
