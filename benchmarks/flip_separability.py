@@ -23,6 +23,13 @@ them):
 - ``flip_classifier``: a small CNN trained on the training split to tell each image from its flip,
   then tested on the inlier test set and its flip. It is told the outlier kind, so it is no
   detector; it measures how separable the two sets are with the pixels the models see;
+- ``latent_geometry`` (for each SCORES file given, from the latents it stores): where the model
+  puts a flipped image. The distance from the latent of each flipped image to its unflipped
+  original's, beside the inliers' nearest-neighbour distance (a test inlier to the nearest other
+  test inlier), and the flipped image's nearest-neighbour distance among the test inliers without
+  its own original, with the AUROC of that distance against the inliers'. A large first distance
+  and a small last one mean the encoder tells a garment from its mirror but the mirror lands
+  among *other* inliers: a more orientation-sensitive encoder would not make it a hole;
 - ``per_class`` (for each SCORES file given, a ``scores.npz`` of ``experiments.train`` or
   ``experiments.evaluate`` whose sets include the flip): the AUROC of every score in it for each
   class's flipped images against all inliers, beside the same class *unflipped* against all
@@ -135,6 +142,38 @@ def per_class_aurocs(scores_file: Path, flip: str) -> dict[str, dict[str, dict[s
     return result
 
 
+def latent_geometry(scores_file: Path, flip: str) -> dict[str, float]:
+    """Where the model's latents put each flipped image: medians of its distance to its own
+    original's latent, of the inliers' nearest-neighbour distance and of its own nearest-neighbour
+    distance among the inliers without its original, and that distance's AUROC against the
+    inliers'. A transform outlier's row i is the transform of inlier row i (``datamodules``), so the
+    ``index`` columns pair them."""
+    stored = np.load(scores_file)
+    set_names = [str(name) for name in stored["dataset_names"]]
+    if flip not in set_names:
+        raise ValueError(f"{scores_file} holds no {flip!r} set (its sets: {', '.join(set_names)}).")
+
+    def latents(set_id: int) -> Tensor:
+        rows = stored["dataset"] == set_id
+        return torch.from_numpy(stored["latent"][rows][np.argsort(stored["index"][rows])]).double()
+
+    inliers, flipped = latents(0), latents(set_names.index(flip))
+    if inliers.shape != flipped.shape:
+        raise ValueError(f"{scores_file}: {flip!r} has {len(flipped)} rows, the inliers {len(inliers)}.")
+    own = torch.arange(len(inliers))
+    among_inliers = torch.cdist(inliers, inliers)
+    among_inliers[own, own] = float("inf")  # not itself
+    to_inliers = torch.cdist(flipped, inliers)
+    to_inliers[own, own] = float("inf")  # not its own original, which no training split holds
+    inlier_nearest, flipped_nearest = among_inliers.min(1).values, to_inliers.min(1).values
+    return {
+        "original_distance_median": float((flipped - inliers).norm(dim=1).median()),
+        "inlier_nearest_median": float(inlier_nearest.median()),
+        "flipped_nearest_median": float(flipped_nearest.median()),
+        "nearest_auroc": ood_metrics(inlier_nearest, flipped_nearest)["auroc"],
+    }
+
+
 def measure_flip(
     train: ImageSet, test: ImageSet, flip: str, epochs: int, seed: int, scores_files: list[Path]
 ) -> dict[str, Any]:
@@ -164,6 +203,7 @@ def measure_flip(
             str(label): ood_metrics(inlier_logits, flipped_logits[test.labels == label])["auroc"]
             for label in test.labels.unique().tolist()
         },
+        "latent_geometry": {str(path): latent_geometry(path, flip) for path in scores_files},
         "per_class": {str(path): per_class_aurocs(path, flip) for path in scores_files},
     }
 
@@ -197,6 +237,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"- `pixel_knn` (training inliers only): AUROC {found['pixel_knn_auroc']:.4f}",
             f"- `flip_classifier` (told the outlier kind): AUROC {found['flip_classifier_auroc']:.4f}",
         ]
+        for path, geometry in found.get("latent_geometry", {}).items():
+            lines.append(
+                f"- latents of `{path}`: a flipped image lies {geometry['original_distance_median']:.3f} "
+                f"(median) from its original; an inlier's nearest other inlier "
+                f"{geometry['inlier_nearest_median']:.3f}, "
+                f"a flipped image's nearest inlier but its original {geometry['flipped_nearest_median']:.3f} "
+                f"(that distance as a score: AUROC {geometry['nearest_auroc']:.4f})"
+            )
         classes = list(found["flip_classifier_auroc_per_class"])
         names = class_names(result["inlier"])
         header = [names[int(c)] if names else c for c in classes]

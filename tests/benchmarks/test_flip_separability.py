@@ -91,3 +91,40 @@ def test_per_class_aurocs_add_up_to_the_runs_auroc(tmp_path: Path) -> None:
         assert unflipped == pytest.approx(0.5, abs=1e-12)
     with pytest.raises(ValueError, match="holds no 'vflip' set"):
         flip_separability.per_class_aurocs(run_dir / "scores.npz", "vflip")
+
+
+def write_latents(path: Path, inliers: np.ndarray, flipped: np.ndarray) -> Path:
+    """A ``scores.npz`` as the evaluation writes it, with rows of each set stored out of order."""
+    count = len(inliers)
+    order = np.random.default_rng(0).permutation(2 * count)
+    columns = {
+        "dataset_names": np.array(["synthetic", "hflip"]),
+        "dataset": np.repeat([0, 1], count),
+        "index": np.tile(np.arange(count), 2),
+        "label": np.zeros(2 * count, dtype=np.int64),
+        "latent": np.concatenate([inliers, flipped]),
+    }
+    np.savez(
+        path, **{key: value if key == "dataset_names" else value[order] for key, value in columns.items()}
+    )
+    return path
+
+
+def test_latent_geometry_tells_a_mirror_in_a_hole_from_one_among_other_inliers(tmp_path: Path) -> None:
+    inliers = np.random.default_rng(1).normal(size=(300, 4))
+    # Every flip moved far from the inliers: it is its own hole.
+    far = flip_separability.latent_geometry(
+        write_latents(tmp_path / "far.npz", inliers, inliers + 10.0), "hflip"
+    )
+    assert far["original_distance_median"] == pytest.approx(20.0)
+    assert far["nearest_auroc"] == pytest.approx(1.0, abs=1e-12)
+    # Every flip lands exactly on another inlier's latent: far from its original, yet no hole.
+    shifted = np.roll(inliers, 1, axis=0)
+    among = flip_separability.latent_geometry(
+        write_latents(tmp_path / "among.npz", inliers, shifted), "hflip"
+    )
+    assert among["original_distance_median"] > among["inlier_nearest_median"] > 0
+    assert among["flipped_nearest_median"] == 0.0
+    assert among["nearest_auroc"] < 0.5
+    with pytest.raises(ValueError, match="holds no 'vflip' set"):
+        flip_separability.latent_geometry(tmp_path / "far.npz", "vflip")
