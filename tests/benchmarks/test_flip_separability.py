@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,9 +105,10 @@ def write_latents(path: Path, inliers: np.ndarray, flipped: np.ndarray) -> Path:
         "label": np.zeros(2 * count, dtype=np.int64),
         "latent": np.concatenate([inliers, flipped]),
     }
-    np.savez(
-        path, **{key: value if key == "dataset_names" else value[order] for key, value in columns.items()}
-    )
+    stored: dict[str, Any] = {
+        key: value if key == "dataset_names" else value[order] for key, value in columns.items()
+    }
+    np.savez(path, **stored)
     return path
 
 
