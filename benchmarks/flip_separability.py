@@ -237,7 +237,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"- `pixel_knn` (training inliers only): AUROC {found['pixel_knn_auroc']:.4f}",
             f"- `flip_classifier` (told the outlier kind): AUROC {found['flip_classifier_auroc']:.4f}",
         ]
-        for path, geometry in found.get("latent_geometry", {}).items():
+        for path, geometry in found["latent_geometry"].items():
             lines.append(
                 f"- latents of `{path}`: a flipped image lies {geometry['original_distance_median']:.3f} "
                 f"(median) from its original; an inlier's nearest other inlier "
