@@ -189,10 +189,13 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line (Linux only)")
 
 
-def vae_training_step(model: Any, optimiser: torch.optim.Optimizer, x: torch.Tensor) -> None:
-    """One ELBO step of a BaseVAE as its ``training_step`` computes it, without Lightning around it."""
+def vae_training_step(
+    model: Any, optimiser: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float = 1.0
+) -> None:
+    """One ELBO step of a BaseVAE as its ``training_step`` computes it, without Lightning around it
+    (``kl_weight``: the KL warm-up's weight in this step, ``BaseVAE.kl_weight_at``)."""
     log_likelihood, kl = model.elbo_terms(x)
-    loss = (kl - log_likelihood).mean()
+    loss = (kl_weight * kl - log_likelihood).mean()
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()

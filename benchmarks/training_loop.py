@@ -79,8 +79,9 @@ def bare_epoch(config: DictConfig, datamodule: OODDataModule) -> BaseVAE:
     model = fresh_model(config, datamodule.image_shape)
     model.train()
     optimiser = _optimiser(model.configure_optimizers())
-    for x, _, _ in datamodule.train_dataloader():
-        vae_training_step(model, optimiser, x)
+    loader = datamodule.train_dataloader()
+    for step, (x, _, _) in enumerate(loader):
+        vae_training_step(model, optimiser, x, model.kl_weight_at(step, len(loader)))
     return model
 
 

@@ -234,7 +234,10 @@ class BaseVAE(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0]
         log_lik, kl = self.elbo_terms(x)
-        kl_weight = self.kl_weight()
+        kl_weight = self.kl_weight_at(
+            self.global_step,
+            math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches),
+        )
         loss = (kl_weight * kl - log_lik).mean()  # the negative ELBO once any KL warm-up is over
         if not torch.isfinite(loss):
             raise FloatingPointError(self._divergence_message(f"the training loss became {loss.item()}"))
@@ -251,15 +254,16 @@ class BaseVAE(pl.LightningModule):
         )
         return loss
 
-    def kl_weight(self) -> float:
-        """The KL term's weight in this optimiser step: linear from 1/n to 1 over the n steps of
-        ``optim.kl_warmup_epochs``. Counted in optimiser steps, so a resumed run continues the ramp
-        where it stopped and gradient accumulation stretches nothing."""
+    def kl_weight_at(self, step: int, steps_per_epoch: int) -> float:
+        """The KL term's weight in optimiser step ``step`` (from 0) of a training with
+        ``steps_per_epoch`` optimiser steps an epoch: linear from 1/n to 1 over the n steps of
+        ``optim.kl_warmup_epochs``, then 1. Counted in optimiser steps, so a resumed run continues
+        the ramp where it stopped and gradient accumulation stretches nothing; a plain loop outside
+        Lightning (the training-loop benchmark) gets the same weights by passing its own count."""
         warmup_epochs = self.hparams["optim"].get("kl_warmup_epochs", 0.0)  # absent in older checkpoints
         if warmup_epochs <= 0:
             return 1.0
-        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
-        return min(1.0, (self.global_step + 1) / (warmup_epochs * steps_per_epoch))
+        return min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))
 
     def _log_inlier_elbo(self, batch: tuple[Tensor, Tensor, Tensor], dataloader_idx: int, stage: str) -> None:
         # Dataloader 0 is the inlier set; outlier sets are scored by the OOD callback only, so
