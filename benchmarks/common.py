@@ -120,6 +120,11 @@ def override_value(value: Any) -> str:
     return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
+def seed_cell(values: Sequence[float]) -> dict[str, Any]:
+    """One table cell over the seeds' values: ``{"mean", "std" (population), "seeds"}``."""
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "seeds": len(values)}
+
+
 def evaluate_command(
     run_dir: Path,
     out_dir: Path,

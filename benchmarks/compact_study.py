@@ -42,6 +42,7 @@ from benchmarks.common import (
     hardware_info,
     read_json_if_any,
     result_path,
+    seed_cell,
     study_environment,
     write_result,
 )
@@ -637,8 +638,8 @@ def test_table(
             values.setdefault((run.benchmark, outlier, form, run.candidate), []).append(value)
     table: dict[str, Any] = {}
     for (benchmark, outlier, score, candidate), found in values.items():
-        cell = {"mean": statistics.fmean(found), "std": statistics.pstdev(found), "seeds": len(found)}
-        table.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(score, {})[candidate] = cell
+        by_candidate = table.setdefault(benchmark, {}).setdefault(outlier, {}).setdefault(score, {})
+        by_candidate[candidate] = seed_cell(found)
     return table
 
 

@@ -18,7 +18,7 @@ construction was fixed before any of them was evaluated:
   crops).
 
 Each RUN_DIR's selected checkpoint is scored by ``experiments.evaluate`` on its whole inlier test
-set against the three sets, with the eight scores of the study's confirmation and the default
+set against the three sets, with the study's eight test scores (``compact_study.TEST_SCORES``) and the default
 experiment's hole-score settings (``experiments/configs/fmnist_vs_mnist.yaml``), into
 RUN_DIR/evaluations/unseen_sets/ (an evaluation whose results.json exists is not run again).
 Writes ``benchmarks/results/<name>.json`` (every run's AUROCs) and ``.md`` (mean ± std over the
@@ -30,14 +30,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import RESULTS_DIR, default_config, evaluate_command, study_environment, write_result
+from benchmarks.common import (
+    RESULTS_DIR,
+    default_config,
+    evaluate_command,
+    seed_cell,
+    study_environment,
+    write_result,
+)
+from benchmarks.compact_study import TEST_SCORES
 from common.atomic_io import atomic_open
 from experiments.runner import to_dict
 from experiments.sweep import Trial, run_trials
@@ -45,17 +52,6 @@ from experiments.sweep import Trial, run_trials
 SIZE = 28
 PHOTOS = ("camera", "coins", "moon", "page", "text", "astronaut", "chelsea", "coffee")
 PHOTO_SHORT_SIDE = 4 * SIZE
-# The confirmation's eight scores (benchmarks.compact_study), the default's hole score first.
-SCORES = (
-    "hole_knn_recon",
-    "hole_knn",
-    "hole_knn_posterior",
-    "hole_posterior",
-    "neg_elbo",
-    "iwae_nll",
-    "recon",
-    "latent_norm",
-)
 HOLE_SCORE_KEYS = (
     "knn_k",
     "knn_statistic",
@@ -143,12 +139,13 @@ def hole_score_settings() -> dict[str, Any]:
     return {key: scores[key] for key in HOLE_SCORE_KEYS}
 
 
-def evaluation_trial(run_dir: Path, set_folders: dict[str, Path]) -> Trial:
+def evaluation_trial(run_dir: Path, set_folders: dict[str, Path], settings: dict[str, Any]) -> Trial:
+    """The run's selected checkpoint scored with the study's test scores and hole-score ``settings``."""
     out_dir = run_dir / "evaluations" / "unseen_sets"
     trial = Trial(f"{run_dir.name}_unseen_sets", {}, out_dir)
     outliers = ",".join(f"{name}={folder}" for name, folder in set_folders.items())
     trial.command = [
-        *evaluate_command(run_dir, out_dir, None, SCORES, hole_score_settings()),
+        *evaluate_command(run_dir, out_dir, None, TEST_SCORES, settings),
         f"data.outliers=[{outliers}]",
     ]
     return trial
@@ -179,14 +176,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         inlier: {
             outlier: {
-                variant: {
-                    score: {
-                        "mean": statistics.fmean(values),
-                        "std": statistics.pstdev(values),
-                        "seeds": len(values),
-                    }
-                    for score, values in by_score.items()
-                }
+                variant: {score: seed_cell(values) for score, values in by_score.items()}
                 for variant, by_score in by_variant.items()
             }
             for outlier, by_variant in by_outlier.items()
@@ -196,6 +186,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any], default_variant: str, command: str) -> str:
+    count = len(TEST_SCORES)
     lines = [
         "# Outlier sets the study never saw",
         "",
@@ -203,7 +194,7 @@ def markdown(summary: dict[str, Any], default_variant: str, command: str) -> str
         "default experiment's `hole_knn_recon`. An analysis after the rule's choice: it selects nothing.",
         "",
         f"| inliers | outliers | `{default_variant}` `hole_knn_recon` | `{CLASSICAL}` same score | "
-        f"`{CLASSICAL}` best of {len(SCORES)} scores | `{default_variant}` best of {len(SCORES)} scores |",
+        f"`{CLASSICAL}` best of {count} scores | `{default_variant}` best of {count} scores |",
         "|---|---|---|---|---|---|",
     ]
 
@@ -242,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     study_environment(args.jobs)
     sets = unseen_sets()
     folders = {name: write_image_folder(images, args.sets_dir / name) for name, images in sets.items()}
-    trials = [evaluation_trial(run_dir, folders) for run_dir in args.runs]
+    settings = hole_score_settings()
+    trials = [evaluation_trial(run_dir, folders, settings) for run_dir in args.runs]
     run_trials(trials, args.sets_dir / "logs", args.jobs)
     finished = [trial for trial in trials if (trial.out_dir / "results.json").is_file()]
     runs = [{"run": str(trial.out_dir), **read_run(trial.out_dir / "results.json")} for trial in finished]
@@ -254,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         {
             "command": command,
             "sets": {name: len(images) for name, images in sets.items()},
-            "scores": list(SCORES),
-            "hole_score_settings": hole_score_settings(),
+            "scores": TEST_SCORES,
+            "hole_score_settings": settings,
             "failed": [trial.name for trial in trials if trial not in finished],
             "runs": runs,
             "summary": summary,
